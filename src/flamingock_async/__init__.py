@@ -28,6 +28,9 @@ from ._errors import (
     TransactionLimitError,
 )
 from ._lock import LockSettings
+from ._planning import Action, PlannedChange, RunPlan
+from ._progress import ChangeContext, EventKind, RunEvent, RunProgress, RunReport, RunState
+from ._runner import AsyncRunner
 from ._version import __version__
 
 __all__ = [
@@ -41,7 +44,17 @@ __all__ = [
     "AuditState",
     "AuditEntry",
     # running
+    "AsyncRunner",
     "LockSettings",
+    "ChangeContext",
+    "RunReport",
+    "RunProgress",
+    "RunState",
+    "RunEvent",
+    "EventKind",
+    "RunPlan",
+    "PlannedChange",
+    "Action",
     # errors
     "FlamingockError",
     "PipelineValidationError",

@@ -153,17 +153,22 @@ class LockManager:
 
     # -- acquiring ---------------------------------------------------------------------------
 
-    async def acquire(self, min_epoch: int = 0) -> Fence:
+    async def acquire(
+        self, min_epoch: int = 0, *, on_attempt: Callable[[], None] | None = None
+    ) -> Fence:
         """Wait for the lock, take it and return its fence.
 
         `min_epoch` is the highest epoch seen in the audit log, so that a lock record that was
         deleted by hand cannot restart the epochs below history that already exists.
+        `on_attempt` is called after every attempt, so a caller can show it is still alive.
         Raises `LockNotAcquiredError` after `wait_timeout`.
         """
         deadline = self._clock() + self.settings.wait_timeout
         while True:
             if await self.try_acquire(min_epoch):
                 return self.fence
+            if on_attempt is not None:
+                on_attempt()
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise self._not_acquired_error()

@@ -1,0 +1,429 @@
+"""Running one change: injection, the transaction or the STARTED entry, failure and rollback."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ._audit import AuditEntry, AuditState, new_id, now_ms
+from ._changes import ChangeDescriptor, LoadedChange
+from ._errors import ChangeExecutionError, LockLostError
+from ._lock import LockManager
+from ._progress import ChangeContext, EventKind, RunProgress
+from ._version import __version__
+from .drivers._base import Driver
+
+__all__ = ["ChangeExecutor"]
+
+logger = logging.getLogger("flamingock_async")
+change_logger = logging.getLogger("flamingock_async.change")
+
+MAX_TRACE_CHARS = 16_000
+"""Longer tracebacks are cut to their last part, so one entry stays far below store limits."""
+
+Emit = Callable[..., None]
+
+
+class ChangeExecutor:
+    """Applies and undoes the changes of one execution under one held lock."""
+
+    def __init__(
+        self,
+        *,
+        driver: Driver,
+        lock: LockManager,
+        execution_id: str,
+        dependencies: Sequence[object] | Mapping[str, object],
+        progress: RunProgress,
+        emit: Emit,
+        shutdown_grace: float,
+    ) -> None:
+        self.driver = driver
+        self.lock = lock
+        self.execution_id = execution_id
+        self.progress = progress
+        self.shutdown_grace = shutdown_grace
+        self.applied: list[str] = []
+        self.failed_change: str | None = None
+        self.lost_error: LockLostError | None = None
+        self._emit = emit
+        self._named, self._typed = _split_dependencies(dependencies)
+        self._sequence = 0
+        self._scope: anyio.CancelScope | None = None
+        self._warned_not_atomic = False
+
+    # -- validation --------------------------------------------------------------------------
+
+    @staticmethod
+    def check_injection(
+        driver: Driver,
+        dependencies: Sequence[object] | Mapping[str, object],
+        changes: Iterable[LoadedChange],
+    ) -> list[str]:
+        """Return a problem for every change parameter that nothing can fill."""
+        from ._injection import check_injectable
+
+        named, typed = _split_dependencies(dependencies)
+        catalogue: dict[str, type] = {"context": ChangeContext}
+        catalogue.update(driver.provided_dependencies())
+        catalogue.update({name: type(value) for name, value in named.items()})
+        catalogue.update({f"<{type(value).__qualname__}>": type(value) for value in typed})
+        problems: list[str] = []
+        for change in changes:
+            instance = change.new_instance()
+            methods = ["execute", "rollback"] if change.has_rollback else ["execute"]
+            for method in methods:
+                where = f"{change.descriptor.id}.{method} ({change.descriptor.where})"
+                problems.extend(
+                    check_injectable(getattr(instance, method), names=catalogue, where=where)
+                )
+        return problems
+
+    def warn_if_not_atomic(self, changes: Sequence[ChangeDescriptor]) -> None:
+        """Log once per run that transactional changes run without a transaction here."""
+        if self.driver.supports_transactions or self._warned_not_atomic:
+            return
+        names = [change.id for change in changes if change.transactional]
+        if not names:
+            return
+        self._warned_not_atomic = True
+        logger.warning(
+            "%d transactional changes will run without a transaction because %s has "
+            "transactions off; each gets a STARTED audit entry first: %s",
+            len(names),
+            self.driver.describe(),
+            ", ".join(names),
+        )
+
+    # -- the lease ---------------------------------------------------------------------------
+
+    async def heartbeat(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        await self.lock.heartbeat(
+            self._on_lock_lost, on_renewed=self._on_renewed, task_status=task_status
+        )
+
+    def _on_renewed(self) -> None:
+        self._emit(EventKind.LOCK_RENEWED)
+
+    def _on_lock_lost(self, error: LockLostError) -> None:
+        self.lost_error = error
+        logger.warning("Lock lost during execution %s: %s", self.execution_id, error)
+        self._emit(EventKind.LOCK_LOST, error=error)
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def _raise_if_lost(self) -> None:
+        if self.lost_error is not None:
+            raise self.lost_error
+
+    # -- applying ----------------------------------------------------------------------------
+
+    async def apply(self, change: LoadedChange) -> None:
+        """Apply one change and audit it; raises `ChangeExecutionError` or `LockLostError`."""
+        self._raise_if_lost()
+        descriptor = change.descriptor
+        self.progress.current_change = descriptor.id
+        self._emit(EventKind.CHANGE_STARTED, change_id=descriptor.id)
+        started = time.monotonic()
+        if descriptor.transactional and self.driver.supports_transactions:
+            await self._apply_atomic(change)
+        else:
+            await self._apply_audited(change)
+        duration = time.monotonic() - started
+        self.applied.append(descriptor.id)
+        self.progress.applied += 1
+        self._emit(EventKind.CHANGE_APPLIED, change_id=descriptor.id, duration=duration)
+        change_logger.info(
+            "Applied change %s in %.1f ms",
+            descriptor.id,
+            duration * 1000,
+            extra={"execution_id": self.execution_id, "change_id": descriptor.id},
+        )
+
+    async def _apply_atomic(self, change: LoadedChange) -> None:
+        """Run the change, its APPLIED entry and the fence check in one store transaction."""
+        descriptor = change.descriptor
+        instance = change.new_instance()
+        context = self._context(descriptor)
+        started_ms = now_ms()
+
+        async def body(handle: Any) -> None:
+            await instance.execute(**self._arguments(instance.execute, context, handle))
+
+        def applied_entry() -> AuditEntry:
+            return self._entry(
+                descriptor, AuditState.APPLIED, atomic=True, started_ms=started_ms,
+                metadata=context.metadata,
+            )  # fmt: skip
+
+        try:
+            with self._cancellable():
+                await self.driver.run_in_transaction(self.lock.fence, body, applied_entry)
+        except LockLostError:
+            raise
+        except Exception as error:
+            self.failed_change = descriptor.id
+            await self.append(descriptor, AuditState.FAILED, atomic=True, error=error)
+            raise _execution_error(descriptor, error, None) from error
+        except anyio.get_cancelled_exc_class():
+            await self._audit_interrupted(change, instance, context, atomic=True)
+            raise
+        self._raise_if_lost()
+
+    async def _apply_audited(self, change: LoadedChange) -> None:
+        """Write STARTED, run the change, then APPLIED; on failure FAILED and the rollback."""
+        descriptor = change.descriptor
+        instance = change.new_instance()
+        context = self._context(descriptor)
+        arguments = self._arguments(instance.execute, context, None)
+        started_ms = now_ms()
+        await self.append(descriptor, AuditState.STARTED, atomic=False, started_ms=started_ms)
+        try:
+            with self._cancellable():
+                await instance.execute(**arguments)
+        except Exception as error:
+            await self._fail_and_roll_back(change, instance, context, error)
+        except anyio.get_cancelled_exc_class():
+            await self._audit_interrupted(change, instance, context, atomic=False)
+            raise
+        self._raise_if_lost()
+        await self.append(
+            descriptor, AuditState.APPLIED, atomic=False, started_ms=started_ms,
+            metadata=context.metadata,
+        )  # fmt: skip
+
+    async def _fail_and_roll_back(
+        self,
+        change: LoadedChange,
+        instance: Any,
+        context: ChangeContext,
+        error: Exception,
+    ) -> None:
+        """Audit the failure, run the rollback if any, audit it, and raise."""
+        descriptor = change.descriptor
+        self.failed_change = descriptor.id
+        await self.append(descriptor, AuditState.FAILED, atomic=False, error=error)
+        rollback_error = await self._roll_back(change, instance, context)
+        raise _execution_error(descriptor, error, rollback_error) from error
+
+    async def _roll_back(
+        self, change: LoadedChange, instance: Any, context: ChangeContext
+    ) -> Exception | None:
+        """Run and audit the rollback of a failed change; return its error, if any."""
+        if not change.has_rollback:
+            return None
+        descriptor = change.descriptor
+        try:
+            await instance.rollback(**self._arguments(instance.rollback, context, None))
+        except Exception as rollback_error:
+            await self.append(
+                descriptor, AuditState.ROLLBACK_FAILED, atomic=False, error=rollback_error
+            )
+            return rollback_error
+        await self.append(descriptor, AuditState.ROLLED_BACK, atomic=False)
+        self._emit(EventKind.CHANGE_ROLLED_BACK, change_id=descriptor.id)
+        return None
+
+    async def _audit_interrupted(
+        self, change: LoadedChange, instance: Any, context: ChangeContext, *, atomic: bool
+    ) -> None:
+        """After an outside cancellation (shutdown), audit and roll back within the grace.
+
+        A transactional change was aborted by its transaction, so FAILED says so. Another
+        change gets its rollback; without one it stays FAILED for an operator to check.
+        """
+        descriptor = change.descriptor
+        self.failed_change = descriptor.id
+        interrupted = InterruptedError(
+            f"Change {descriptor.id!r} was cancelled by a shutdown before it finished."
+        )
+        with anyio.move_on_after(self.shutdown_grace, shield=True):
+            try:
+                await self.append(descriptor, AuditState.FAILED, atomic=atomic, error=interrupted)
+                if not atomic:
+                    await self._roll_back(change, instance, context)
+            except Exception:
+                logger.exception(
+                    "Could not audit the interrupted change %s; the next run will find it "
+                    "STARTED and stop for manual intervention",
+                    descriptor.id,
+                )
+
+    def _cancellable(self) -> anyio.CancelScope:
+        """Return a cancel scope that a lost lock cancels; the lost error is raised after."""
+        scope = anyio.CancelScope()
+        self._scope = scope
+        return scope
+
+    # -- undoing -----------------------------------------------------------------------------
+
+    async def undo(self, change: LoadedChange) -> None:
+        """Run an applied change's rollback and audit ROLLED_BACK or ROLLBACK_FAILED."""
+        self._raise_if_lost()
+        descriptor = change.descriptor
+        instance = change.new_instance()
+        context = self._context(descriptor)
+        if descriptor.transactional and self.driver.supports_transactions:
+
+            async def body(handle: Any) -> None:
+                await instance.rollback(**self._arguments(instance.rollback, context, handle))
+
+            def undone_entry() -> AuditEntry:
+                return self._entry(descriptor, AuditState.ROLLED_BACK, atomic=True)
+
+            try:
+                with self._cancellable():
+                    await self.driver.run_in_transaction(self.lock.fence, body, undone_entry)
+            except LockLostError:
+                raise
+            except Exception as error:
+                await self.append(descriptor, AuditState.ROLLBACK_FAILED, atomic=True, error=error)
+                raise _rollback_error(descriptor, error) from error
+        else:
+            rollback_error = await self._roll_back(change, instance, context)
+            if rollback_error is not None:
+                raise _rollback_error(descriptor, rollback_error) from rollback_error
+        self._raise_if_lost()
+        change_logger.info("Rolled back change %s", descriptor.id)
+
+    # -- audit entries -----------------------------------------------------------------------
+
+    async def append(
+        self,
+        descriptor: ChangeDescriptor,
+        state: AuditState,
+        *,
+        atomic: bool,
+        started_ms: int | None = None,
+        error: BaseException | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> AuditEntry:
+        """Build the next entry of this execution and append it under the fence."""
+        entry = self._entry(
+            descriptor, state, atomic=atomic, started_ms=started_ms, error=error,
+            metadata=metadata,
+        )  # fmt: skip
+        await self.driver.append_audit(entry, self.lock.fence)
+        return entry
+
+    def _entry(
+        self,
+        descriptor: ChangeDescriptor,
+        state: AuditState,
+        *,
+        atomic: bool,
+        started_ms: int | None = None,
+        error: BaseException | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> AuditEntry:
+        self._sequence += 1
+        finished = now_ms()
+        done = state is not AuditState.STARTED
+        return AuditEntry(
+            entry_id=new_id(),
+            execution_id=self.execution_id,
+            stage=descriptor.stage,
+            change_id=descriptor.id,
+            author=descriptor.author,
+            order=descriptor.order,
+            state=state,
+            lock_epoch=self.lock.fence.epoch,
+            sequence=self._sequence,
+            created_at_ms=finished,
+            started_at_ms=started_ms,
+            finished_at_ms=finished if done else None,
+            duration_ms=finished - started_ms if done and started_ms is not None else None,
+            transactional=atomic,
+            error_type=type(error).__qualname__ if error else None,
+            error_message=str(error) if error else None,
+            error_trace=_format_trace(error) if error else None,
+            library_version=__version__,
+            metadata=dict(metadata or {}),
+        )
+
+    # -- injection ---------------------------------------------------------------------------
+
+    def _context(self, descriptor: ChangeDescriptor) -> ChangeContext:
+        adapter = logging.LoggerAdapter(
+            change_logger, {"execution_id": self.execution_id, "change_id": descriptor.id}
+        )
+        return ChangeContext(
+            execution_id=self.execution_id,
+            change_id=descriptor.id,
+            stage=descriptor.stage,
+            author=descriptor.author,
+            order=descriptor.order,
+            logger=adapter,
+            metadata={},
+            _ensure_lock=self.lock.ensure_held,
+        )
+
+    def _arguments(
+        self, function: Callable[..., Any], context: ChangeContext, handle: Any
+    ) -> dict[str, Any]:
+        from ._injection import resolve_arguments
+
+        named: dict[str, object] = dict(self.driver.target_dependencies())
+        named.update(self._named)
+        named["context"] = context
+        typed: list[object] = [*self._typed, *named.values()]
+        if handle is not None:
+            for name in self.driver.transaction_handle_names:
+                named[name] = handle
+            typed.insert(0, handle)
+        return resolve_arguments(function, named=named, typed=_unique(typed))
+
+
+def _split_dependencies(
+    dependencies: Sequence[object] | Mapping[str, object],
+) -> tuple[dict[str, object], list[object]]:
+    if isinstance(dependencies, Mapping):
+        return dict(dependencies), []
+    return {}, list(dependencies)
+
+
+def _unique(values: Iterable[object]) -> list[object]:
+    seen: set[int] = set()
+    unique: list[object] = []
+    for value in values:
+        if id(value) not in seen:
+            seen.add(id(value))
+            unique.append(value)
+    return unique
+
+
+def _format_trace(error: BaseException) -> str:
+    trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    return trace if len(trace) <= MAX_TRACE_CHARS else "...\n" + trace[-MAX_TRACE_CHARS:]
+
+
+def _execution_error(
+    descriptor: ChangeDescriptor, error: Exception, rollback_error: Exception | None
+) -> ChangeExecutionError:
+    message = (
+        f"Change {descriptor.id!r} ({descriptor.where}) failed: {type(error).__name__}: {error}"
+    )
+    if rollback_error is not None:
+        message += (
+            f"; its rollback failed too ({type(rollback_error).__name__}: {rollback_error}), "
+            f"so check the target system and run 'flamingock mark {descriptor.id} --as ...'"
+        )
+    return ChangeExecutionError(message, change_id=descriptor.id, rollback_error=rollback_error)
+
+
+def _rollback_error(descriptor: ChangeDescriptor, error: Exception) -> ChangeExecutionError:
+    return ChangeExecutionError(
+        f"Rollback of change {descriptor.id!r} ({descriptor.where}) failed: "
+        f"{type(error).__name__}: {error}; check the target system and run "
+        f"'flamingock mark {descriptor.id} --as applied' or '--as rolled-back'.",
+        change_id=descriptor.id,
+        rollback_error=error,
+    )

@@ -1,0 +1,135 @@
+"""What a run reports while it goes and when it ends: progress, events, the final report."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+__all__ = ["RunState", "RunProgress", "EventKind", "RunEvent", "RunReport", "ChangeContext"]
+
+
+class RunState(str, enum.Enum):
+    """Where a run is; `COMPLETED`, `FAILED` and `NOT_RUN` are final."""
+
+    IDLE = "IDLE"
+    CHECKING = "CHECKING"
+    WAITING_FOR_LOCK = "WAITING_FOR_LOCK"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    NOT_RUN = "NOT_RUN"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (RunState.COMPLETED, RunState.FAILED, RunState.NOT_RUN)
+
+
+@dataclasses.dataclass
+class RunProgress:
+    """The live state of a runner, kept in memory so that probes can read it without I/O.
+
+    `last_progress` is the monotonic time (seconds) of the last sign of life: a lock attempt,
+    a heartbeat, or a change that started or finished.
+    """
+
+    state: RunState = RunState.IDLE
+    execution_id: str | None = None
+    current_change: str | None = None
+    applied: int = 0
+    pending: int = 0
+    error: str | None = None
+    last_progress: float = dataclasses.field(default_factory=time.monotonic)
+
+    def touch(self) -> None:
+        self.last_progress = time.monotonic()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "execution_id": self.execution_id,
+            "current_change": self.current_change,
+            "applied": self.applied,
+            "pending": self.pending,
+            "error": self.error,
+        }
+
+
+class EventKind(str, enum.Enum):
+    RUN_STARTED = "RUN_STARTED"
+    NOTHING_TO_DO = "NOTHING_TO_DO"
+    LOCK_WAITING = "LOCK_WAITING"
+    LOCK_ACQUIRED = "LOCK_ACQUIRED"
+    LOCK_RENEWED = "LOCK_RENEWED"
+    LOCK_LOST = "LOCK_LOST"
+    CHANGE_STARTED = "CHANGE_STARTED"
+    CHANGE_APPLIED = "CHANGE_APPLIED"
+    CHANGE_FAILED = "CHANGE_FAILED"
+    CHANGE_ROLLED_BACK = "CHANGE_ROLLED_BACK"
+    RUN_COMPLETED = "RUN_COMPLETED"
+    RUN_FAILED = "RUN_FAILED"
+    RUN_NOT_RUN = "RUN_NOT_RUN"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunEvent:
+    """One thing that happened in a run, handed to every listener."""
+
+    kind: EventKind
+    execution_id: str
+    change_id: str | None = None
+    duration: float | None = None
+    error: BaseException | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunReport:
+    """The outcome of `AsyncRunner.run()`. Durations are in seconds.
+
+    `not_run` is True when the lock could not be had and the runner was told to skip.
+    A failed run raises; its error carries the report as `error.report`, with `failed` set.
+    """
+
+    execution_id: str
+    applied: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()
+    failed: str | None = None
+    duration: float = 0.0
+    lock_acquired: bool = False
+    not_run: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "execution_id": self.execution_id,
+            "applied": list(self.applied),
+            "skipped": list(self.skipped),
+            "failed": self.failed,
+            "duration": round(self.duration, 6),
+            "lock_acquired": self.lock_acquired,
+            "not_run": self.not_run,
+        }
+
+
+@dataclasses.dataclass
+class ChangeContext:
+    """What the runner offers a change unit, injected by type or by the name `context`.
+
+    `metadata` is stored with the change's audit entry. `ensure_lock()` reads the lock and
+    raises `LockLostError` if this runner no longer holds it; long changes call it before an
+    irreversible step.
+    """
+
+    execution_id: str
+    change_id: str
+    stage: str
+    author: str
+    order: str
+    logger: logging.LoggerAdapter[logging.Logger]
+    metadata: MutableMapping[str, Any]
+    _ensure_lock: Callable[[], Awaitable[None]]
+
+    async def ensure_lock(self) -> None:
+        await self._ensure_lock()
