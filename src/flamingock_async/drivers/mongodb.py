@@ -555,9 +555,9 @@ class MongoDriver(Driver):
             )
         if isinstance(error, errors.InvalidName):
             return ConfigurationError(
-                f"The MongoDB database or collection name {self._database_name!r} (audit "
-                f"{self._audit_name!r}, lock {self._lock_name!r}) is invalid: {error}; "
-                "choose a name MongoDB accepts."
+                f"A name given for {where} is invalid ({error}): database "
+                f"{self._database_name!r}, audit collection {self._audit_name!r}, lock "
+                f"collection {self._lock_name!r}; choose names that MongoDB accepts."
             )
         if isinstance(error, errors.ConfigurationError):
             return ConfigurationError(
