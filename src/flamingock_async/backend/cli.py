@@ -1,0 +1,225 @@
+"""`flamingock serve`: run the self-hosted backend and manage its API tokens.
+
+    flamingock serve --data-dir /var/lib/flamingock --host 0.0.0.0 --port 8080
+    flamingock serve token create --environment prod --service billing
+    flamingock serve token list
+    flamingock serve token revoke TOKEN_ID
+
+Options also come from `FLAMINGOCK_SERVER_*` environment variables (`..._DATA_DIR`,
+`..._STORE_URL`, `..._JWT_SECRET`). FastAPI and uvicorn are imported only by the server
+command, so the token commands work without the `server` extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ._meta import MetadataStore, TokenInfo
+from ._settings import ServerSettings
+
+__all__ = ["serve"]
+
+T = TypeVar("T")
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def _settings(context: click.Context) -> ServerSettings:
+    settings: ServerSettings = context.obj
+    return settings
+
+
+def _with_store(settings: ServerSettings, action: Callable[[MetadataStore], Awaitable[T]]) -> T:
+    async def run() -> T:
+        store = MetadataStore(settings.database_path)
+        await store.open()
+        try:
+            return await action(store)
+        finally:
+            await store.aclose()
+
+    return asyncio.run(run())
+
+
+@click.group(invoke_without_command=True)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="FLAMINGOCK_SERVER_DATA_DIR",
+    default="flamingock-data",
+    show_default=True,
+    help="Directory of backend.db (tokens, services) and, by default, of audit.db.",
+)
+@click.option(
+    "--store-url",
+    envvar="FLAMINGOCK_SERVER_STORE_URL",
+    default=None,
+    help="Driver URL of the audit logs and locks; '{namespace}' in it is replaced per service.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=int, help="TCP port to listen on.")
+@click.option(
+    "--token-ttl",
+    default=900,
+    show_default=True,
+    type=int,
+    help="Lifetime of the bearer tokens issued by exchange-token, in seconds.",
+)
+@click.option(
+    "--max-body-bytes",
+    default=1_048_576,
+    show_default=True,
+    type=int,
+    help="Largest accepted request body, in bytes; larger ones get 413.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    help="Level of the server's log on standard error.",
+)
+@click.pass_context
+def serve(
+    context: click.Context,
+    data_dir: Path,
+    store_url: str | None,
+    host: str,
+    port: int,
+    token_ttl: int,
+    max_body_bytes: int,
+    log_level: str,
+) -> None:
+    """Run the self-hosted backend, or manage its API tokens with 'token'."""
+    context.obj = ServerSettings.from_env(
+        data_dir=data_dir,
+        store_url=store_url,
+        token_ttl_seconds=token_ttl,
+        max_body_bytes=max_body_bytes,
+    )
+    if context.invoked_subcommand is not None:
+        return
+    _run_server(context.obj, host, port, log_level)
+
+
+def _run_server(settings: ServerSettings, host: str, port: int, log_level: str) -> None:
+    try:
+        import uvicorn
+    except ImportError as error:
+        raise click.ClickException(
+            "The backend needs uvicorn and FastAPI; install them with: "
+            "pip install 'flamingock-async[server]'"
+        ) from error
+    from . import create_app
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+
+
+@serve.group()
+def token() -> None:
+    """Create, list and revoke API tokens."""
+
+
+@token.command("create")
+@click.option("--environment", required=True, help="Environment the token is limited to.")
+@click.option("--service", required=True, help="Service the token is limited to.")
+@click.option("--organization", default="default", show_default=True, help="Organisation name.")
+@click.option("--project", default="default", show_default=True, help="Project name.")
+@click.option("--description", default="", help="Free text shown by 'token list'.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def create_token(
+    context: click.Context,
+    environment: str,
+    service: str,
+    organization: str,
+    project: str,
+    description: str,
+    as_json: bool,
+) -> None:
+    """Create an API token and print it; it cannot be shown again."""
+    settings = _settings(context)
+
+    async def create(store: MetadataStore) -> tuple[str, TokenInfo]:
+        created, info = await store.create_token(
+            organization=organization,
+            project=project,
+            environment=environment,
+            service=service,
+            description=description,
+        )
+        return created.token, info
+
+    try:
+        secret, info = _with_store(settings, create)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    if as_json:
+        click.echo(json.dumps({**_token_row(info), "token": secret}))
+        return
+    click.echo(f"Created API token {info.token_id} for {environment}/{service}.")
+    click.echo("Store it now; it is not shown again:")
+    click.echo(secret)
+
+
+@token.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the tokens as JSON.")
+@click.pass_context
+def list_tokens(context: click.Context, as_json: bool) -> None:
+    """List API tokens (never their secrets)."""
+    tokens = _with_store(_settings(context), lambda store: store.list_tokens())
+    rows = [_token_row(info) for info in tokens]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    if not rows:
+        click.echo("No API tokens.")
+        return
+    for row in rows:
+        status = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
+        click.echo(
+            f"{row['id']}  {row['organization']}/{row['project']}/{row['environment']}/"
+            f"{row['service']}  created {row['created_at']}  {status}  {row['description']}"
+        )
+
+
+@token.command("revoke")
+@click.argument("token_id")
+@click.pass_context
+def revoke_token(context: click.Context, token_id: str) -> None:
+    """Revoke the API token TOKEN_ID; bearer tokens issued for it stop working at once."""
+    revoked = _with_store(_settings(context), lambda store: store.revoke_token(token_id))
+    if not revoked:
+        raise click.ClickException(
+            f"No active API token has the id {token_id!r}; see 'flamingock serve token list'."
+        )
+    click.echo(f"Revoked API token {token_id}.")
+
+
+def _token_row(info: TokenInfo) -> dict[str, Any]:
+    return {
+        "id": info.token_id,
+        "organization": info.organization,
+        "project": info.project,
+        "environment": info.claims.environment,
+        "service": info.claims.service,
+        "description": info.description,
+        "created_at": _time(info.created_at_ms),
+        "revoked_at": _time(info.revoked_at_ms) if info.revoked_at_ms is not None else None,
+    }
+
+
+def _time(epoch_ms: int) -> str:
+    moment = datetime.datetime.fromtimestamp(epoch_ms / 1000, tz=datetime.timezone.utc)
+    return moment.isoformat(timespec="seconds")
