@@ -81,7 +81,8 @@ def start_backend(data_dir: Path, log_file: Path, *extra: str) -> Backend:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the backend exited with {process.returncode}:\n{log_file.read_text()}")
+            output = log_file.read_text()
+            raise RuntimeError(f"the backend exited with {process.returncode}:\n{output}")
         try:
             if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:
                 return Backend(url, process, log_file)
@@ -110,8 +111,10 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def backend(data_dir: Path) -> Iterator[Backend]:
     # The first token is created by the command as an operator would, in its own process.
     subprocess.run(
-        [sys.executable, "-m", "flamingock_async.backend", "token", "create"]
-        + ["--environment", ENVIRONMENT, "--service", "bootstrap"],
+        [
+            *(sys.executable, "-m", "flamingock_async.backend", "token", "create"),
+            *("--environment", ENVIRONMENT, "--service", "bootstrap"),
+        ],
         env=server_environment(data_dir),
         check=True,
         capture_output=True,

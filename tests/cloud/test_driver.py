@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from flamingock_async import AuditState, LockLostError, LockSettings
