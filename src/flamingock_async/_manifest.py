@@ -1,0 +1,295 @@
+"""The manifest cache: change descriptors of a package, reused while its files are unchanged.
+
+A start-up with nothing pending should not import every change module. For a package given
+by name, `locate` finds its files without importing it, `scan` lists its `.py` files with
+their size and modification time, and the cache file stores the validated descriptors under
+a signature of that listing, the Python version and the library version. Any change to a
+file, an added or removed file, or another interpreter gives another signature, so the
+cache is rebuilt. The file is JSON (never pickle), written atomically; a cache that cannot be
+read or written is skipped with a DEBUG log line, because a read-only container filesystem
+must not stop a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ._changes import ChangeDescriptor, Recovery, StagePlan
+from ._version import __version__
+
+__all__ = ["PackageLocation", "ScannedModule", "locate", "scan", "cache_file", "read", "write"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1
+CACHE_DIR_VARIABLE = "FLAMINGOCK_CACHE_DIR"
+
+# Per change, in this order; stage, module and file are stored once per group.
+_ROW = ("id", "order", "author", "transactional", "recovery", "run_always", "qualname",
+        "description", "template")  # fmt: skip
+_FIELDS = tuple(field.name for field in dataclasses.fields(ChangeDescriptor))
+_RECOVERIES = {recovery.value: recovery for recovery in Recovery}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PackageLocation:
+    """Where a module or package named in `changes=` lives, found without importing it."""
+
+    name: str
+    path: str
+    """The package directory, or the file of a single module."""
+    is_package: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScannedModule:
+    """A module file of a scanned package."""
+
+    name: str
+    file: str
+
+
+def locate(name: str) -> PackageLocation | None:
+    """Find the directory or file of module `name` without importing it or its parents.
+
+    Returns None when the name cannot be found this way (a zip import, a custom finder,
+    a missing module); the caller then imports the module instead.
+    """
+    import importlib.util
+
+    parts = name.split(".")
+    if not all(part.isidentifier() for part in parts):
+        return None
+
+    search = _search_path(parts[0], importlib.util)
+    if search is None:
+        return None
+    for index, part in enumerate(parts[1:], start=1):
+        parent = sys.modules.get(".".join(parts[:index]))
+        if parent is not None:
+            search = list(getattr(parent, "__path__", []))
+        found = _find_in(part, search)
+        if found is None:
+            return None
+        path, is_package = found
+        if index == len(parts) - 1:
+            return PackageLocation(name, path, is_package)
+        search = [path]
+
+    return _top_level_location(parts[0], search)
+
+
+def _search_path(top: str, util: Any) -> list[str] | None:
+    """Return the directories the top-level package `top` spans, or [file] for a module."""
+    module = sys.modules.get(top)
+    if module is not None:
+        return list(getattr(module, "__path__", [])) or _origin(getattr(module, "__file__", None))
+
+    try:
+        spec = util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations is not None:
+        return list(spec.submodule_search_locations)
+    return _origin(spec.origin)
+
+
+def _origin(file: str | None) -> list[str] | None:
+    return [file] if file and file.endswith(".py") and os.path.isfile(file) else None
+
+
+def _top_level_location(top: str, search: list[str]) -> PackageLocation | None:
+    if len(search) == 1 and os.path.isfile(search[0]):
+        return PackageLocation(top, search[0], is_package=False)
+    if len(search) == 1 and os.path.isdir(search[0]):
+        return PackageLocation(top, search[0], is_package=True)
+    return None  # a namespace package over several directories: no cache
+
+
+def _find_in(part: str, search: Sequence[str]) -> tuple[str, bool] | None:
+    """Find sub-module `part` as the import system would, for regular and namespace packages."""
+    namespace: list[str] = []
+    for directory in search:
+        package = os.path.join(directory, part)
+        if os.path.isfile(os.path.join(package, "__init__.py")):
+            return package, True
+        module = package + ".py"
+        if os.path.isfile(module):
+            return module, False
+        if os.path.isdir(package):
+            namespace.append(package)
+    return (namespace[0], True) if len(namespace) == 1 else None
+
+
+def scan(location: PackageLocation) -> tuple[list[ScannedModule], str]:
+    """List the modules of a package by its files and return them with their signature.
+
+    Sub-directories named like Python identifiers are scanned too, with or without an
+    `__init__.py`, so that a forgotten `__init__.py` never hides a change.
+    """
+    modules: list[ScannedModule] = []
+    stats: list[tuple[str, int, int]] = []
+
+    if location.is_package:
+        _scan_directory(location.path, location.name, modules, stats)
+    else:
+        status = os.stat(location.path)
+        modules.append(ScannedModule(location.name, location.path))
+        stats.append((location.path, status.st_size, status.st_mtime_ns))
+
+    return modules, _signature(location, stats)
+
+
+def _scan_directory(
+    directory: str,
+    package: str,
+    modules: list[ScannedModule],
+    stats: list[tuple[str, int, int]],
+) -> None:
+    with os.scandir(directory) as entries:
+        ordered = sorted(entries, key=lambda entry: entry.name)
+
+    for entry in ordered:
+        if entry.is_file() and entry.name.endswith(".py"):
+            stem = entry.name[:-3]
+            if stem == "__init__":
+                name = package
+            elif stem.isidentifier():
+                name = f"{package}.{stem}"
+            else:
+                continue
+            status = entry.stat()
+            modules.append(ScannedModule(name, entry.path))
+            stats.append((entry.path, status.st_size, status.st_mtime_ns))
+        elif entry.is_dir() and entry.name.isidentifier() and entry.name != "__pycache__":
+            _scan_directory(entry.path, f"{package}.{entry.name}", modules, stats)
+
+
+def _signature(location: PackageLocation, stats: list[tuple[str, int, int]]) -> str:
+    import hashlib
+
+    material = [
+        FORMAT,
+        __version__,
+        sys.version,
+        sys.implementation.cache_tag,
+        _FIELDS,
+        location.name,
+        location.path,
+        stats,
+    ]
+    return hashlib.sha256(json.dumps(material).encode()).hexdigest()
+
+
+def cache_file(location: PackageLocation, cache_dir: str | os.PathLike[str] | None) -> str:
+    """Return the cache file of a package: in `cache_dir`, `$FLAMINGOCK_CACHE_DIR`, or its
+    `__pycache__` directory, in that order of preference."""
+    import hashlib
+
+    directory = cache_dir if cache_dir is not None else os.environ.get(CACHE_DIR_VARIABLE)
+    if not directory:
+        base = location.path if location.is_package else os.path.dirname(location.path)
+        directory = os.path.join(base, "__pycache__")
+
+    # The path's hash keeps two projects with the same package name apart in a shared dir.
+    path_hash = hashlib.sha256(location.path.encode()).hexdigest()[:12]
+    return os.path.join(directory, f"flamingock-manifest.{location.name}.{path_hash}.json")
+
+
+def read(path: str, signature: str) -> list[StagePlan] | None:
+    """Return the stages stored in the cache file, or None when it is missing, stale or corrupt."""
+    try:
+        with open(path, "rb") as stream:
+            data = json.loads(stream.read())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        logger.debug("Ignoring unreadable manifest cache %s: %s", path, error)
+        return None
+
+    if not isinstance(data, dict) or data.get("signature") != signature:
+        return None
+
+    try:
+        return [_stage_from_json(stage) for stage in data["stages"]]
+    except (KeyError, TypeError, ValueError) as error:
+        logger.debug("Ignoring corrupt manifest cache %s: %s", path, error)
+        return None
+
+
+def _stage_from_json(stage: dict[str, Any]) -> StagePlan:
+    name = stage["name"]
+    changes: list[ChangeDescriptor] = []
+    for group in stage["groups"]:
+        module, file = group["module"], group["file"]
+        for row in group["changes"]:
+            change_id, order, author, transactional, recovery, run_always = row[:6]
+            qualname, description, template = row[6:]
+            changes.append(
+                ChangeDescriptor(
+                    change_id,
+                    order,
+                    author,
+                    name,
+                    transactional,
+                    _RECOVERIES[recovery],
+                    run_always,
+                    f"{module}:{qualname}",
+                    file,
+                    description,
+                    template,
+                )
+            )
+    return StagePlan(name, tuple(changes))
+
+
+def write(path: str, signature: str, stages: Sequence[StagePlan]) -> None:
+    """Write the cache file atomically; on failure, log at DEBUG and carry on without it."""
+    import tempfile
+
+    document = {
+        "format": FORMAT,
+        "signature": signature,
+        "row": _ROW,
+        "stages": [_stage_to_json(stage) for stage in stages],
+    }
+    directory = os.path.dirname(path)
+    temporary = None
+    try:
+        os.makedirs(directory, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".tmp")
+        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+            json.dump(document, stream, separators=(",", ":"))
+        os.replace(temporary, path)
+    except OSError as error:
+        logger.debug("Not caching the change manifest at %s: %s", path, error)
+        if temporary is not None:
+            _remove_quietly(temporary)
+
+
+def _stage_to_json(stage: StagePlan) -> dict[str, Any]:
+    groups: list[dict[str, Any]] = []
+    for change in stage.changes:
+        module, _, qualname = change.source.partition(":")
+        if not groups or groups[-1]["module"] != module or groups[-1]["file"] != change.file:
+            groups.append({"module": module, "file": change.file, "changes": []})
+        groups[-1]["changes"].append(
+            [change.id, change.order, change.author, change.transactional,
+             change.recovery.value, change.run_always, qualname, change.description,
+             change.template]
+        )  # fmt: skip
+    return {"name": stage.name, "groups": groups}
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.remove(path)
