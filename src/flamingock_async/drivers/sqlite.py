@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import sqlite3
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,6 +79,18 @@ _TEXT_FIELDS = ("entry_id", "execution_id", "stage", "change_id", "author", "ord
 _INT_FIELDS = ("lock_epoch", "sequence", "created_at_ms", "pid")
 _OPTIONAL_INT_FIELDS = ("started_at_ms", "finished_at_ms", "duration_ms")
 _OPTIONAL_TEXT_FIELDS = ("error_type", "error_message", "error_trace")
+
+
+# One lock per connection serializes the transactions of every driver that shares it, since
+# statements of two tasks on one connection would otherwise mix into one transaction.
+_CONNECTION_LOCKS: weakref.WeakKeyDictionary[Any, anyio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _transaction_lock(connection: aiosqlite.Connection) -> anyio.Lock:
+    lock = _CONNECTION_LOCKS.get(connection)
+    if lock is None:
+        lock = _CONNECTION_LOCKS[connection] = anyio.Lock()
+    return lock
 
 
 def _import_aiosqlite() -> Any:
@@ -145,7 +158,6 @@ class SQLiteDriver(Driver):
         self._main: aiosqlite.Connection | None = None
         self._target: aiosqlite.Connection | None = None
         self._transaction_connection: aiosqlite.Connection | None = None
-        self._transaction_lock = anyio.Lock()
         self._open_transaction: _OpenTransaction | None = None
         self._commit_denied: str | None = None
 
@@ -204,7 +216,11 @@ class SQLiteDriver(Driver):
 
     async def _connect_all(self) -> None:
         self._main = await self._connect()
-        self._target = self._main if self.path == MEMORY else await self._connect()
+        if self.path == MEMORY:
+            self._target = self._main
+            return
+        self._target = await self._connect()
+        self._transaction_connection = await self._connect()
 
     async def _connect(self) -> aiosqlite.Connection:
         module = _import_aiosqlite()
@@ -234,7 +250,7 @@ class SQLiteDriver(Driver):
             await self._enable_wal(main)
         if await self._schema_exists(main):
             return
-        async with _immediate(main):
+        async with _transaction_lock(main), _immediate(main):
             for statement in self._schema_statements():
                 await main.execute(statement)
         logger.debug("Created the flamingock tables in %s", self.describe())
@@ -448,8 +464,8 @@ class SQLiteDriver(Driver):
         body: TransactionBody,
         audit: Callable[[], AuditEntry],
     ) -> None:
-        async with self._transaction_lock:
-            connection = await self._transaction_handle()
+        connection = await self._transaction_handle()
+        async with _transaction_lock(connection):
             await connection.execute("BEGIN IMMEDIATE")
             self._open_transaction = _OpenTransaction(connection, fence.key)
             try:
@@ -466,6 +482,7 @@ class SQLiteDriver(Driver):
         if self._single_connection:
             return self._require_main()
         if self._transaction_connection is None:
+            # Opened with the others; only a failed rollback discards it.
             self._require_main()
             self._transaction_connection = await self._connect()
         return self._transaction_connection
