@@ -9,7 +9,9 @@ the `flamingock serve token create` command.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
 import json
 import os
 import socket
@@ -132,8 +134,16 @@ def second_backend(data_dir: Path, backend: Backend) -> Iterator[Backend]:
 
 
 def run_cli(data_dir: Path, *arguments: str) -> str:
-    """Run a `flamingock serve` sub-command in process; return its output."""
-    result = CliRunner().invoke(serve, list(arguments), env=server_environment(data_dir))
+    """Run a `flamingock serve` sub-command in process; return its output.
+
+    It runs in a thread of its own because the command calls `asyncio.run`, which cannot
+    start inside an async test's running event loop.
+    """
+    invoke = functools.partial(
+        CliRunner().invoke, serve, list(arguments), env=server_environment(data_dir)
+    )
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        result = pool.submit(invoke).result()
     if result.exit_code != 0:
         raise RuntimeError(f"flamingock serve {' '.join(arguments)} failed:\n{result.output}")
     return result.output
