@@ -1,0 +1,1 @@
+"""Runnable examples of flamingock-async pipelines; run them from the repository root."""
