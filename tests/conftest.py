@@ -1,0 +1,1 @@
+"""Shared test configuration. Each area (drivers, CLI, FastAPI, cloud) has its own conftest."""
