@@ -133,7 +133,8 @@ def _stage_sources(changes: object) -> list[_StageSource]:
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Collected:
     descriptor: ChangeDescriptor
-    loaded: LoadedChange
+    loaded: LoadedChange | None
+    """None when the change has problems; its descriptor still takes part in duplicate checks."""
 
 
 class _Collector:
@@ -283,8 +284,9 @@ class _Collector:
         )
         problems += check_methods(cls, name=make_name(spec.id, location))
         self.problems += problems
-        if descriptor is not None and not problems:
-            loaded = LoadedChange(descriptor, cls, callable(getattr(cls, "rollback", None)))
+        if descriptor is not None:
+            has_rollback = callable(getattr(cls, "rollback", None))
+            loaded = None if problems else LoadedChange(descriptor, cls, has_rollback)
             self.stages[stage].append(_Collected(descriptor, loaded))
 
     # -- templates
@@ -310,10 +312,13 @@ class _Collector:
         self.problems += problems
 
         template = self.find_template(item.value, name)
-        if template is None:
+        config = None
+        if template is not None:
+            config = self.template_config(template, fields, name, item.value)
+        if descriptor is None:
             return
-        config = self.template_config(template, fields, name, item.value)
-        if descriptor is None or problems or config is None:
+        if template is None or config is None:
+            self.stages[stage].append(_Collected(descriptor, None))
             return
 
         probe = template(config, descriptor)
@@ -378,13 +383,18 @@ class _Collector:
         return plans
 
     def loaded(self) -> dict[str, LoadedChange]:
-        return {c.descriptor.id: c.loaded for stage in self.stages.values() for c in stage}
+        return {
+            c.descriptor.id: c.loaded
+            for stage in self.stages.values()
+            for c in stage
+            if c.loaded is not None
+        }
 
     def finish(self, origin: str) -> tuple[list[StagePlan], dict[str, LoadedChange]]:
         """Return the ordered stages and loaded changes, or raise with every problem."""
         plans = self.stage_plans()
         problems = list(self.problems)
-        if not problems:
+        if any(plan.changes for plan in plans) or not problems:
             problems += check_stages(plans, origin=origin)
         if not problems and len(plans) > 1:
             problems += [

@@ -251,10 +251,10 @@ def _check_duplicate_orders(stage: StagePlan) -> list[str]:
     problems = []
     for declared in by_order.values():
         if len(declared) > 1:
-            places = _join(f"{c.id!r} ({c.where}) with order {c.order!r}" for c in declared)
+            places = _join(f"{c.id!r} in {c.where} with order {c.order!r}" for c in declared)
             problems.append(
-                f"Stage {stage.name!r} has changes {places} at the same position, because "
-                "orders compare part by part as numbers; give each change a distinct order."
+                f"Changes {places} share one position in stage {stage.name!r}, because orders "
+                "compare part by part as numbers; give each change a distinct order."
             )
     return problems
 
