@@ -1262,15 +1262,26 @@ def _validate_options(
             f"audit_table and lock_table are both {audit_table!r}; the two tables have "
             "different key schemas, so give them different names."
         )
-    if endpoint_url is not None and urlsplit(endpoint_url).scheme not in ("http", "https"):
-        raise ConfigurationError(
-            f"Invalid endpoint_url {redact_url(endpoint_url)!r}: use an http:// or https:// URL."
-        )
+    if endpoint_url is not None:
+        _validate_endpoint(endpoint_url)
     if billing_mode not in BILLING_MODES:
         raise ConfigurationError(
             f"Invalid billing_mode {billing_mode!r}: use 'PAY_PER_REQUEST' or 'PROVISIONED'."
         )
     _validate_throughput(billing_mode, provisioned_throughput)
+
+
+def _validate_endpoint(endpoint_url: str) -> None:
+    parts = urlsplit(endpoint_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(
+            f"Invalid endpoint_url {redact_url(endpoint_url)!r}: use an http:// or https:// URL."
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ConfigurationError(
+            "endpoint_url must not contain credentials; configure them through the AWS "
+            "credential chain (environment, profile or role)."
+        )
 
 
 def _validate_throughput(billing_mode: str, throughput: tuple[int, int] | None) -> None:
