@@ -1,0 +1,1 @@
+"""The bookmarks service: a FastAPI application whose changes shape its own data."""
