@@ -505,6 +505,7 @@ class _ManifestPipeline(Pipeline):
         super().__init__(stages, self._load_from_manifest)
         self._name = name
         self._cache_dir = cache_dir
+        self._by_module: dict[str, list[ChangeDescriptor]] | None = None
 
     def _load_from_manifest(self, change_ids: Sequence[str]) -> dict[str, LoadedChange]:
         unknown = [change_id for change_id in change_ids if self.get(change_id) is None]
@@ -542,7 +543,11 @@ class _ManifestPipeline(Pipeline):
         self, module_names: Sequence[str], fresh: Mapping[str, LoadedChange]
     ) -> ChangeDescriptor | None:
         """Return a cached change that the imported modules contradict, or None."""
-        cached = [change for change in self if _module_of(change) in module_names]
+        if self._by_module is None:
+            self._by_module = {}
+            for change in self:
+                self._by_module.setdefault(_module_of(change), []).append(change)
+        cached = [change for name in module_names for change in self._by_module.get(name, [])]
         imported = [change.descriptor for change in fresh.values()]
         for change in cached:
             if change != (fresh[change.id].descriptor if change.id in fresh else None):

@@ -1,7 +1,7 @@
 """Dependency injection into `execute` and `rollback`: by type annotation, then by name.
 
 A parameter annotated with a class receives the one candidate object whose type is exactly
-that class, or else the one candidate that is an instance of it; two different candidates
+that class, or else the one candidate that is an instance of it. Two different candidates
 for one annotation are an error, unless one of them is also the object provided under the
 parameter's name, which then wins. A parameter that no candidate type fills receives the
 object provided under its name. Parameters with a default may stay unfilled.
@@ -54,9 +54,9 @@ def check_injectable(
 ) -> list[str]:
     """Return the problems that would stop `function`'s parameters from being injected.
 
-    `names` maps each name a dependency will be offered under to its type; a required
-    parameter is fillable when its annotation accepts one of those types or when its name is
-    one of those names. `where` starts each message, for example `"Change 'x' (pkg.mod:Cls)"`.
+    `names` maps the name of each dependency that will be offered to its type. A required
+    parameter can be filled when its annotation accepts one of those types or when its name
+    is one of those names. `where` starts each message, for example `"Change 'x' (pkg.mod:Cls)"`.
     """
     problems: list[str] = []
     label = _function_label(function)
@@ -99,7 +99,7 @@ def resolve_arguments(
 
     `typed` objects are matched to annotations, `named` objects to parameter names.
     Raises `PipelineValidationError` when two different `typed` objects fit one annotation
-    and the parameter's name selects neither, or when a required parameter stays unfilled;
+    and the parameter's name selects neither, or when a required parameter stays unfilled.
     `where` names the change in that message.
     """
     label = f"{where}: {_function_label(function)}" if where else _function_label(function)

@@ -1,9 +1,9 @@
 """The manifest cache: change descriptors of a package, reused while its files are unchanged.
 
 A start-up with nothing pending should not import every change module. For a package given
-by name, `locate` finds its files without importing it, `scan` lists its `.py` files with
-their size and modification time, and the cache file stores the validated descriptors under
-a signature of that listing, the Python version and the library version. Any change to a
+by name, `locate` finds its files without importing it, and `scan` lists its `.py` files
+with their size and modification time. The cache file stores the validated descriptors
+under a signature of that listing, the Python version and the library version. Any change to a
 file, an added or removed file, or another interpreter gives another signature, so the
 cache is rebuilt. The file is JSON (never pickle), written atomically; a cache that cannot be
 read or written is skipped with a DEBUG log line, because a read-only container filesystem
@@ -40,7 +40,7 @@ _RECOVERIES = {recovery.value: recovery for recovery in Recovery}
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PackageLocation:
-    """Where a module or package named in `changes=` lives, found without importing it."""
+    """Location of a module or package named in `changes=`, found without importing it."""
 
     name: str
     path: str
@@ -59,8 +59,8 @@ class ScannedModule:
 def locate(name: str) -> PackageLocation | None:
     """Find the directory or file of module `name` without importing it or its parents.
 
-    Returns None when the name cannot be found this way (a zip import, a custom finder,
-    a missing module); the caller then imports the module instead.
+    Returns None when the name cannot be found this way, as for a zip import, a custom
+    finder or a missing module. The caller then imports the module instead.
     """
     import importlib.util
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import sqlite3
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -13,10 +14,11 @@ import aiosqlite
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from flamingock_async import PipelineValidationError
+from flamingock_async import AsyncRunner, ChangeExecutionError, PipelineValidationError
 from flamingock_async._changes import LoadedChange
 from flamingock_async._discovery import load_pipeline
 from flamingock_async._injection import resolve_arguments
+from flamingock_async.drivers.sqlite import SQLiteDriver
 from flamingock_async.templates import (
     ENTRY_POINT_GROUP,
     ChangeTemplate,
@@ -308,3 +310,46 @@ def test_unknown_template_lists_known() -> None:
     assert "'no-such-template'" in str(caught.value)
     assert "sql" in str(caught.value)
     assert "register_template" in str(caught.value)
+
+
+# -- with the runner and the SQLite driver ---------------------------------------------------------
+
+
+def database_tables(database: Path) -> list[str]:
+    with sqlite3.connect(database) as reader:
+        rows = reader.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return sorted(row[0] for row in rows if not row[0].startswith("flamingock_"))
+
+
+async def test_runner_applies_sql_template(tmp_path: Path) -> None:
+    database = tmp_path / "store.db"
+    path = write_pipeline(tmp_path, USERS)
+
+    async with SQLiteDriver(database) as driver:
+        first = await AsyncRunner(driver, path).run()
+        second = await AsyncRunner(driver, path).run()
+
+    assert list(first.applied) == ["create-users"]
+    assert list(second.applied) == []
+    assert database_tables(database) == ["users"]
+
+
+async def test_failed_sql_template_commits_nothing(tmp_path: Path) -> None:
+    """A transactional template change that fails halfway leaves no table behind."""
+    database = tmp_path / "store.db"
+    entry = """
+    - template: sql
+      id: half-done
+      order: "1"
+      author: data
+      apply:
+        - CREATE TABLE half (x)
+        - INSERT INTO no_such_table VALUES (1)
+    """
+    path = write_pipeline(tmp_path, entry)
+
+    async with SQLiteDriver(database) as driver:
+        with pytest.raises(ChangeExecutionError):
+            await AsyncRunner(driver, path).run()
+
+    assert database_tables(database) == []

@@ -27,9 +27,9 @@ Subclass `ChangeTemplate`:
 - `config_model` (class attribute): a pydantic 2 model of the template's own fields only,
   preferably with `model_config = ConfigDict(extra="forbid")` so that a misspelled key is an
   error. The loader calls `validate_config(fields)`, which by default is
-  `config_model.model_validate(fields)`; a `pydantic.ValidationError`, `ValueError` or
-  `TypeError` raised there becomes one validation problem per error, naming the change, the
-  file, the line and the field.
+  `config_model.model_validate(fields)`. Each error of a `pydantic.ValidationError`, and a
+  `ValueError` or `TypeError` raised there, becomes one validation problem that names the
+  change, the file, the line and the field.
 - `__init__(self, config, descriptor)`: keep the validated config and the change's
   `ChangeDescriptor`. It must be cheap and must not connect anywhere, because the loader
   creates one instance to validate it and the runner creates a fresh one for each run.

@@ -13,12 +13,14 @@
     - DROP TABLE users
 ```
 
-`apply` and the optional `rollback` are one SQL string, split into statements where SQLite
-itself sees a statement end (so a `CREATE TRIGGER ... BEGIN ...; END;` stays whole), or a
-list of statements. The connection is injected by type (`aiosqlite.Connection`), or by the
-name `connection`: with the SQLite driver, a transactional change receives the driver's
-transaction connection and commits together with its audit entry; on any other connection
-the template commits after the last statement.
+`apply` and the optional `rollback` are each a list of statements, or one SQL string that is
+split into statements where `sqlite3.complete_statement` reports a complete one. A
+`CREATE TRIGGER ... BEGIN ...; END;` therefore stays whole.
+
+The connection is injected by type (`aiosqlite.Connection`), or by the name `connection`.
+With the SQLite driver, a transactional change receives the driver's transaction connection
+and commits together with its audit entry. On any other connection the template commits
+after the last statement.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class SqlConfig(BaseModel):
                 raise ValueError(f"the statement {statement!r} is incomplete")
             if len(split_statements(statement)) > 1:
                 raise ValueError(
-                    f"the list entry {statement!r} holds several statements; give one per entry"
+                    f"the list entry {statement!r} contains several statements; give one per entry"
                 )
         return statements
 
@@ -100,7 +102,7 @@ TEMPLATE = SqlTemplate
 
 
 def split_statements(script: str) -> tuple[str, ...]:
-    """Split an SQL script into statements, where SQLite's own parser sees them end."""
+    """Split an SQL script into statements, using SQLite's own test for a complete statement."""
     statements: list[str] = []
     pending = ""
     for piece in script.split(";"):
