@@ -317,7 +317,7 @@ class _Collector:
             config = self.template_config(template, fields, name, item.value)
         if descriptor is None:
             return
-        if template is None or config is None:
+        if template is None or config is None or problems:
             self.stages[stage].append(_Collected(descriptor, None))
             return
 

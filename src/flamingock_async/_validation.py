@@ -45,7 +45,8 @@ def check_spec(
     """Check the `@change_unit` arguments of one change and build its descriptor.
 
     `location` names where the change is declared, for messages. The descriptor is None when
-    any problem was found.
+    the id or the order is invalid. With other problems it is still returned, so that
+    duplicate ids and orders are reported in the same run, but it must not be loaded.
     """
     change_id = spec.id if isinstance(spec.id, str) and ID_PATTERN.fullmatch(spec.id) else None
     name = make_name(spec.id, location)
@@ -65,7 +66,7 @@ def check_spec(
             "Recovery.MANUAL_INTERVENTION or Recovery.ALWAYS_RETRY."
         )
 
-    if problems or change_id is None or recovery is None:
+    if change_id is None or _check_order(spec.order, name):
         return None, problems
 
     descriptor = ChangeDescriptor(
@@ -74,14 +75,14 @@ def check_spec(
         author=spec.author,
         stage=stage,
         transactional=spec.transactional,
-        recovery=recovery,
+        recovery=recovery or Recovery.MANUAL_INTERVENTION,
         run_always=spec.run_always,
         source=source,
         file=file,
         description=spec.description,
         template=template,
     )
-    return descriptor, []
+    return descriptor, problems
 
 
 def check_methods(

@@ -370,12 +370,23 @@ def test_empty_stage_among_others() -> None:
     assert "Stage 'empty' contains no change units" in problem
 
 
+def test_duplicates_reported_with_other_problems() -> None:
+    first = class_with("First", id="same", order="0001")
+    second = class_with("Second", id="same", order="0002", author="")
+
+    problems = problems_of([first, second])
+
+    assert len(problems) == 2
+    assert any("empty author" in problem for problem in problems)
+    assert any("declared 2 times" in problem for problem in problems)
+
+
 def test_every_problem_reported_at_once() -> None:
     changes = [
         class_with("A", id="bad id"),
         class_with("B", id="b", order=1),
-        class_with("C", id="c", author=""),
-        class_with("D", id="d", transactional="no"),
+        class_with("C", id="c", order="0003", author=""),
+        class_with("D", id="d", order="0004", transactional="no"),
     ]
 
     assert len(problems_of(changes)) == 4
