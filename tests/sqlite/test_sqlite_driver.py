@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -27,6 +25,8 @@ from flamingock_async._lock import LockRecord
 from flamingock_async.drivers import driver_from_url
 from flamingock_async.drivers.sqlite import SQLiteDriver, from_url
 from flamingock_async.testing import hold_lock, make_entry
+
+from .processes import run_together
 
 WORKER = Path(__file__).with_name("process_worker.py")
 PROCESSES = 8
@@ -499,38 +499,11 @@ async def test_transaction_blocks_other_writers(database: Path) -> None:
 
 
 def run_processes(mode: str, database: Path, count: int, rounds: int = 0) -> list[dict[str, Any]]:
-    """Start `count` worker processes, let them begin together, return their JSON results."""
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    processes = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), mode, str(database), str(index), str(rounds)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=environment,
-        )
-        for index in range(count)
+    """Run `count` copies of the process worker in `mode`, started together."""
+    commands = [
+        [str(WORKER), mode, str(database), str(index), str(rounds)] for index in range(count)
     ]
-    try:
-        for process in processes:
-            assert process.stdout is not None
-            assert process.stdout.readline().strip() == "ready", process.stderr
-        for process in processes:
-            assert process.stdin is not None
-            process.stdin.write("go\n")
-            process.stdin.flush()
-        results = []
-        for process in processes:
-            output, errors = process.communicate(timeout=180)
-            assert process.returncode == 0, errors
-            results.append(json.loads(output.strip().splitlines()[-1]))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    return results
+    return run_together(commands)
 
 
 @pytest.mark.slow

@@ -595,9 +595,17 @@ class SQLiteDriver(Driver):
     async def _write(
         self, connection: aiosqlite.Connection, statement: str, parameters: Sequence[Any]
     ) -> bool:
-        """Run one write statement; return whether it changed a row."""
-        async with connection.execute(statement, parameters) as cursor:
-            return bool(cursor.rowcount > 0)
+        """Run one write statement; return whether it changed a row.
+
+        aiosqlite finishes a statement on its thread even when the awaiting task is
+        cancelled, so the wait is shielded: the caller always learns the outcome of a write
+        that happened. Otherwise a heartbeat cancelled mid-renewal would leave the lock
+        manager with an old version, and its release would fail.
+        """
+        with anyio.CancelScope(shield=True):
+            async with connection.execute(statement, parameters) as cursor:
+                changed = cursor.rowcount > 0
+        return bool(changed)
 
     def translate_error(self, error: Exception) -> FlamingockError:
         message = str(error)

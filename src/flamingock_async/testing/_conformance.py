@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from .._audit import AuditEntry, AuditState
@@ -400,6 +401,26 @@ class DriverConformance:
         released_by_owner = await manager.release()
 
         assert released_by_owner is True
+        stored = await driver.read_lock(KEY)
+        assert stored is not None
+        assert stored.is_free
+
+    async def test_release_after_cancelled_renewal(self, drivers: DriverPool) -> None:
+        """A runner cancels its heartbeat at the end of every run, maybe mid-renewal.
+
+        The renewal then either never reached the store or the manager learns its outcome,
+        so the release that follows still frees the lock.
+        """
+        driver = await drivers.new()
+        manager = self._manager(driver, "runner-a", FakeClock())
+        await manager.acquire()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(manager.renew)
+            await anyio.lowlevel.checkpoint()
+            group.cancel_scope.cancel()
+
+        assert await manager.release() is True
         stored = await driver.read_lock(KEY)
         assert stored is not None
         assert stored.is_free
