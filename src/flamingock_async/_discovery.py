@@ -40,10 +40,10 @@ from ._changes import (
     StagePlan,
 )
 from ._errors import PipelineValidationError
-from ._pipeline_file import FileItem, is_pipeline_file
 from ._validation import check_methods, check_spec, check_stages, make_name, order_key
 
 if TYPE_CHECKING:
+    from ._pipeline_file import FileItem
     from .templates import ChangeTemplate
 
 __all__ = ["load_pipeline", "StaleManifestError", "ChangesArgument"]
@@ -85,8 +85,10 @@ def load_pipeline(
     `__pycache__`) keeps the manifest cache of a package given by name; `use_cache=False`
     always imports every change module. Raises `PipelineValidationError` with every problem.
     """
-    if is_pipeline_file(changes):
-        return _load_pipeline_file(os.fspath(changes), template_names)  # type: ignore[arg-type]
+    if isinstance(changes, os.PathLike) or (
+        isinstance(changes, str) and changes.lower().endswith((".yaml", ".yml"))
+    ):
+        return _load_pipeline_file(os.fspath(changes), template_names)
 
     if isinstance(changes, str):
         if use_cache:
@@ -104,7 +106,7 @@ def load_pipeline(
 @dataclasses.dataclass(frozen=True, slots=True)
 class _StageSource:
     name: str
-    items: tuple[type | str | FileItem, ...]
+    items: tuple[type | str, ...]
 
 
 def _stage_sources(changes: object) -> list[_StageSource]:
@@ -161,10 +163,8 @@ class _Collector:
         self.stages[name] = []
         return name
 
-    def add_item(self, item: object, stage: str, *, pipeline_file: str | None = None) -> None:
-        if isinstance(item, FileItem) and pipeline_file is not None:
-            self.add_file_item(item, stage, pipeline_file)
-        elif isinstance(item, str):
+    def add_item(self, item: object, stage: str) -> None:
+        if isinstance(item, str):
             self.add_module_tree(item, stage)
         else:
             self.add_class(item, stage, origin=f"stage {stage!r}")
@@ -430,7 +430,7 @@ def _load_pipeline_file(
         stage = collector.add_stage(file_stage.name)
         if stage is not None:
             for item in file_stage.items:
-                collector.add_item(item, stage, pipeline_file=path)
+                collector.add_file_item(item, stage, path)
 
     if problems and not file_stages:
         raise PipelineValidationError(problems)

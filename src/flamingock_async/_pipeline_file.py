@@ -20,7 +20,6 @@ PyYAML is imported only here, and this module only when a pipeline file is given
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 __all__ = ["FileItem", "FileStage", "parse_pipeline_file"]
@@ -188,10 +187,3 @@ class _Reader:
             )
             return None
         return FileItem(kind, value, line)
-
-
-def is_pipeline_file(value: object) -> bool:
-    """Return whether `changes=` names a pipeline file rather than a module."""
-    if isinstance(value, os.PathLike):
-        return True
-    return isinstance(value, str) and value.lower().endswith((".yaml", ".yml"))
