@@ -17,7 +17,6 @@ pass `use_cache=False` for such pipelines.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib
 import logging
@@ -25,7 +24,7 @@ import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 from . import _manifest
 from ._changes import (
@@ -103,8 +102,7 @@ def load_pipeline(
 # -- sources -------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _StageSource:
+class _StageSource(NamedTuple):
     name: str
     items: tuple[type | str, ...]
 
@@ -132,8 +130,7 @@ def _stage_sources(changes: object) -> list[_StageSource]:
 # -- building a pipeline by importing everything -------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Collected:
+class _Collected(NamedTuple):
     descriptor: ChangeDescriptor
     loaded: LoadedChange | None
     """None when the change has problems; its descriptor still takes part in duplicate checks."""

@@ -15,7 +15,6 @@ filled by name only.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import re
 import sys
@@ -23,7 +22,7 @@ import types
 import typing
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._errors import PipelineValidationError
 
@@ -33,8 +32,7 @@ _ABSENT = object()
 _IDENTIFIER = re.compile(r"(?<![\w.])([A-Za-z_]\w*)(?=\.)")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Parameter:
+class _Parameter(NamedTuple):
     name: str
     classes: tuple[type, ...] | None
     """Classes the annotation accepts; None when it names no usable class."""

@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._changes import ChangeDescriptor, Recovery, StagePlan
 from ._version import __version__
@@ -38,8 +38,7 @@ _FIELDS = tuple(field.name for field in dataclasses.fields(ChangeDescriptor))
 _RECOVERIES = {recovery.value: recovery for recovery in Recovery}
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class PackageLocation:
+class PackageLocation(NamedTuple):
     """Location of a module or package named in `changes=`, found without importing it."""
 
     name: str
@@ -48,8 +47,7 @@ class PackageLocation:
     is_package: bool
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ScannedModule:
+class ScannedModule(NamedTuple):
     """A module file of a scanned package."""
 
     name: str
