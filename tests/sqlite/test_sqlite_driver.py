@@ -215,6 +215,22 @@ async def test_table_prefixes_independent(database: Path) -> None:
     assert lock is None
 
 
+async def test_read_states_one_query(driver: SQLiteDriver) -> None:
+    fence = await hold_lock(driver, "k", "runner-a")
+    for sequence in range(1, 6):
+        entry = make_entry(f"change-{sequence % 3}", epoch=fence.epoch, sequence=sequence)
+        await driver.append_audit(entry, fence)
+    statements: list[str] = []
+    main: Any = driver._main  # the connection used for reads
+    await main.set_trace_callback(statements.append)
+
+    states = await driver.read_states()
+    await main.set_trace_callback(None)
+
+    assert len(states) == 3
+    assert len(statements) == 1
+
+
 # -- dependencies ----------------------------------------------------------------------------
 
 

@@ -3,7 +3,8 @@
 One database file holds two tables: `<prefix>lock` (one row per lock key) and `<prefix>audit`
 (the append-only log). Several processes on one host may share the file safely:
 
-* `setup()` switches the file to WAL journal mode, so readers never wait for a writer;
+* `setup()` switches the file to WAL journal mode, so reads go on while another connection
+  writes;
 * every connection sets `busy_timeout`, so a writer waits for another writer instead of failing;
 * every multi-statement write runs in `BEGIN IMMEDIATE`, which takes the write lock before the
   first read, so no transaction can act on a snapshot that another process changed since.
@@ -365,6 +366,10 @@ class SQLiteDriver(Driver):
         write through another connection would wait until the transaction ends. The holder's
         heartbeat would then stall during a long transactional change. Writes to the lock of
         the open transaction therefore go through the transaction's own connection.
+
+        NOTE: other runners see those renewals only at commit. A waiter that finds the lease
+        expired meanwhile waits up to `busy_timeout` for the write lock, and raises
+        `DriverUnavailableError` if the transaction outlasts the lease plus `busy_timeout`.
         """
         current = self._open_transaction
         if current is not None and current.key == key:
@@ -424,8 +429,8 @@ class SQLiteDriver(Driver):
         if await self._insert_fenced(main, entry, fence):
             return
         # Nothing was inserted: either the fence failed or the entry is already stored.
-        # An (owner, epoch) pair never comes back once lost, so reading the lock now tells
-        # which one it was.
+        # An (owner, epoch) pair never comes back once lost, so the lock read now shows
+        # which case applies.
         current = await self._read_lock(fence.key)
         _check_fence(current, fence)
 

@@ -57,9 +57,13 @@ pytest-asyncio must run the async tests and fixtures: with `asyncio_mode = "auto
 else is needed; in strict mode decorate `driver_factory` with `@pytest_asyncio.fixture` (the
 test methods already carry the `asyncio` mark).
 
-Class attributes tune the suite to a slow store: `contenders` (drivers that race in the
-concurrency tests, default 10) and `concurrent_attempts` (operations raced in the lock tests,
-default 20). Run one test with `pytest -k "TestMyDriver and concurrent_insert"`.
+Class attributes tune the suite to a store: `contenders` (drivers that race in the
+concurrency tests, default 10), `concurrent_attempts` (operations raced in the lock tests,
+default 20), `many_changes` (changes written by the paging test, default 120), and
+`transactions_lock_store` (set it to True when an open transaction blocks every other writer
+of the store, as in SQLite, so that no takeover can happen while a change runs). Run one test
+with `pytest -k "TestMyDriver and concurrent_insert"`, and override a test method to mark or
+skip it for your store.
 
 Other helpers
 -------------

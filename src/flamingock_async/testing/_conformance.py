@@ -98,6 +98,9 @@ class DriverConformance:
     lease: ClassVar[float] = 1.0
     """The lease in seconds given to `LockManager`s; only the fake clock measures it."""
 
+    many_changes: ClassVar[int] = 120
+    """How many changes `test_read_states_many_changes` writes, two entries each."""
+
     transactions_lock_store: ClassVar[bool] = False
     """True when an open transaction blocks every other writer of the store (SQLite).
 
@@ -165,8 +168,8 @@ class DriverConformance:
 
         assert await driver.read_lock(KEY) is None
 
-    async def test_fresh_store_reads_create_nothing(self, drivers: DriverPool) -> None:
-        """Reading a fresh store twice, then setting it up, behaves as on an untouched store."""
+    async def test_fresh_store_reads_then_setup(self, drivers: DriverPool) -> None:
+        """Reads of a store that was never set up leave nothing that breaks a later setup."""
         reader = await drivers.new(setup=False)
         await reader.read_states()
         await reader.read_lock(KEY)
@@ -588,6 +591,25 @@ class DriverConformance:
         assert states["c"].state is AuditState.APPLIED
         assert states["c"].sequence == 5
 
+    async def test_read_states_many_changes(self, drivers: DriverPool) -> None:
+        """More entries than one page of a typical store cursor or query (often 100)."""
+        driver = await drivers.new()
+        fence = await hold_lock(driver, KEY, "runner-a")
+        for index in range(self.many_changes):
+            change_id = f"change-{index:04d}"
+            started = make_entry(
+                change_id, epoch=fence.epoch, sequence=2 * index, state=AuditState.STARTED
+            )
+            await driver.append_audit(started, fence)
+            applied = make_entry(change_id, epoch=fence.epoch, sequence=2 * index + 1)
+            await driver.append_audit(applied, fence)
+
+        states = await driver.read_states()
+
+        assert len(states) == self.many_changes
+        assert {entry.state for entry in states} == {AuditState.APPLIED}
+        assert len(await driver.read_history()) == 2 * self.many_changes
+
     async def test_read_states_visible_to_other_driver(self, drivers: DriverPool) -> None:
         writer = await drivers.new()
         reader = await drivers.new()
@@ -648,6 +670,20 @@ class DriverConformance:
 
         assert await driver.read_history() == [entry]
 
+    async def test_concurrent_append_same_entry_once(self, drivers: DriverPool) -> None:
+        """A retried audit write racing with the original one is stored once."""
+        racers = await drivers.many(self.contenders)
+        fence = await hold_lock(racers[0], KEY, "runner-a")
+        entry = make_entry("change-a", epoch=fence.epoch, sequence=1)
+
+        async def attempt(index: int) -> bool:
+            await racers[index % len(racers)].append_audit(entry, fence)
+            return True
+
+        await _race(self.concurrent_attempts, attempt)
+
+        assert await racers[0].read_history() == [entry]
+
     # -- transactions ------------------------------------------------------------------------
 
     async def test_transaction_commits_body_and_entry(self, drivers: DriverPool) -> None:
@@ -662,6 +698,19 @@ class DriverConformance:
         await driver.run_in_transaction(fence, body, lambda: entry)
 
         assert await self.read_target(reader, "greeting") == "hello"
+        assert await reader.read_history() == [entry]
+
+    async def test_transaction_empty_body_writes_entry(self, drivers: DriverPool) -> None:
+        driver = await self._transactional_driver(drivers)
+        reader = await drivers.new()
+        fence = await hold_lock(driver, KEY, "runner-a")
+        entry = make_entry("change-a", epoch=fence.epoch, sequence=1, transactional=True)
+
+        async def body(handle: Any) -> None:
+            return None
+
+        await driver.run_in_transaction(fence, body, lambda: entry)
+
         assert await reader.read_history() == [entry]
 
     async def test_transaction_body_error_aborts(self, drivers: DriverPool) -> None:

@@ -78,10 +78,11 @@ def _record(key: str, owner: str, *, epoch: int, version: int) -> LockRecord:
 
 
 async def hold_lock(driver: Driver, key: str, owner: str) -> Fence:
-    """Make `owner` the holder of lock `key` at the next epoch, whoever held it; return its fence.
+    """Make `owner` the holder of lock `key` at the next epoch and return its fence.
 
-    Writes the record directly with the driver's insert or compare-and-set, without a lease
-    check, the way a runner that took over an expired lease would.
+    Writes the record directly with the driver's insert or compare-and-set, replacing any
+    current holder without a lease check, the way a runner that took over an expired lease
+    would.
     """
     current = await driver.read_lock(key)
     if current is None:
