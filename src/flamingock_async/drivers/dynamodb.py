@@ -932,19 +932,35 @@ class DynamoDriver(Driver):
         Raises `TransactionLimitError` before sending when a limit would be exceeded,
         `LockLostError` when the fence check fails, and `TransactionCanceledError` when an
         action of the change is rejected. An entry that is already stored makes this a no-op.
+        An entry older than its change's state item (appended out of order) is sent again
+        without the state Put, so the state item keeps the newest entry.
         """
-        own = self._driver_actions(entry, fence)
-        every_action = [*actions, *own]
+        entry_put, state_put, lock_check = self._driver_actions(entry, fence)
+        every_action = [*actions, entry_put, state_put, lock_check]
         await self._check_limits(every_action, entry.change_id)
+        if await self._send_transaction(every_action, entry, fence, with_state=True):
+            return
+        logger.debug("Entry %s is older than the state of its change", entry.entry_id)
+        await self._send_transaction([*actions, entry_put, lock_check], entry, fence)
+
+    async def _send_transaction(
+        self,
+        actions: Sequence[TransactionAction],
+        entry: AuditEntry,
+        fence: Fence,
+        *,
+        with_state: bool = False,
+    ) -> bool:
+        """Send one TransactWriteItems; return False if only the state item's condition failed."""
         try:
             await self._send(
-                "transact_write_items",
-                TransactItems=[action.request for action in every_action],
+                "transact_write_items", TransactItems=[action.request for action in actions]
             )
         except Exception as error:
             if _error_code(error) != "TransactionCanceledException":
                 raise
-            self._handle_cancellation(error, every_action, entry, fence)
+            return self._handle_cancellation(error, actions, entry, fence, with_state=with_state)
+        return True
 
     def _driver_actions(self, entry: AuditEntry, fence: Fence) -> list[TransactionAction]:
         attributes = _encode_entry(entry)
@@ -962,6 +978,15 @@ class DynamoDriver(Driver):
         state_put = {
             "TableName": self.audit_table,
             "Item": {**state_key, "item_type": {"S": "state"}, **attributes},
+            "ConditionExpression": (
+                "attribute_not_exists(pk) OR lock_epoch < :epoch "
+                "OR (lock_epoch = :epoch AND #sequence <= :sequence)"
+            ),
+            "ExpressionAttributeNames": {"#sequence": "sequence"},
+            "ExpressionAttributeValues": {
+                ":epoch": {"N": str(entry.lock_epoch)},
+                ":sequence": {"N": str(entry.sequence)},
+            },
         }
         lock_check = {
             "TableName": self.lock_table,
@@ -1044,44 +1069,63 @@ class DynamoDriver(Driver):
         actions: Sequence[TransactionAction],
         entry: AuditEntry,
         fence: Fence,
-    ) -> None:
-        """Turn a cancelled transaction into a no-op, `LockLostError` or a per-action report."""
+        *,
+        with_state: bool,
+    ) -> bool:
+        """Decode a cancelled transaction; the driver's own actions are at the end of `actions`.
+
+        Returns True when the entry was already stored (nothing to do) and False when only
+        the state item's condition failed. Raises `LockLostError` when the fence check
+        failed, and `TransactionCanceledError` listing every failed action of the change.
+        """
         response: Mapping[str, Any] = getattr(error, "response", {})
-        raw_reasons = list(response.get("CancellationReasons", []))
-        codes = [str(reason.get("Code", "None")) for reason in raw_reasons]
+        reasons = list(response.get("CancellationReasons", []))
+        codes = [str(reason.get("Code", "None")) for reason in reasons]
+        codes += ["None"] * (len(actions) - len(codes))
         lock_index = len(actions) - 1
-        entry_index = len(actions) - DRIVER_ACTIONS
+        entry_index = len(actions) - (3 if with_state else 2)
+        change_actions = range(entry_index)
 
-        if len(codes) > lock_index and codes[lock_index] == "ConditionalCheckFailed":
-            raise self._lock_lost(raw_reasons[lock_index], fence) from error
+        if codes[lock_index] == "ConditionalCheckFailed":
+            holder = reasons[lock_index] if lock_index < len(reasons) else {}
+            raise self._lock_lost(holder, fence) from error
 
-        if len(codes) > entry_index and codes[entry_index] == "ConditionalCheckFailed":
+        if codes[entry_index] == "ConditionalCheckFailed":
             # Entry ids are unique, so a stored entry means an earlier attempt of this same
             # request committed; any other failed condition fails against that commit.
             logger.debug("Audit entry %s is already stored; nothing to write", entry.entry_id)
-            return
+            return True
 
         failed = [
             CancellationReason(
                 index,
-                actions[index].describe() if index < len(actions) else "unknown action",
-                code,
-                str(raw_reasons[index].get("Message", "")),
+                actions[index].describe(),
+                codes[index],
+                str(reasons[index].get("Message", "")),
             )
-            for index, code in enumerate(codes)
-            if code != "None"
+            for index in change_actions
+            if codes[index] != "None"
         ]
+        if with_state and not failed and codes[entry_index + 1] == "ConditionalCheckFailed":
+            return False
+        raise self._cancelled(entry, failed, codes) from error
+
+    def _cancelled(
+        self, entry: AuditEntry, failed: Sequence[CancellationReason], codes: Sequence[str]
+    ) -> TransactionCanceledError:
         details = "; ".join(
             f"action {reason.index + 1} ({reason.action}) failed with {reason.code}"
             + (f": {reason.message}" if reason.message else "")
             for reason in failed
         )
-        raise TransactionCanceledError(
-            f"DynamoDB cancelled the transaction of change {entry.change_id!r}: "
-            f"{details or 'no reason given'}; nothing of it was written, so fix the change "
-            "(or the data its conditions expect) and run again.",
+        if not details:
+            details = "the driver's own actions failed with " + ", ".join(codes)
+        return TransactionCanceledError(
+            f"DynamoDB cancelled the transaction of change {entry.change_id!r}: {details}; "
+            "nothing of it was written, so fix the change (or the data its conditions expect) "
+            "and run again.",
             reasons=failed,
-        ) from error
+        )
 
     def _lock_lost(self, reason: Mapping[str, Any], fence: Fence) -> LockLostError:
         item = reason.get("Item")
