@@ -18,6 +18,7 @@ from ._planning import Action, PlannedChange, RunPlan
 from ._progress import RunReport
 
 __all__ = [
+    "plural",
     "format_time",
     "plan_rows",
     "plan_json",
@@ -37,6 +38,11 @@ _NEXT_STEP = {
     Action.SKIP: "skip",
     Action.MANUAL_INTERVENTION: "manual intervention",
 }
+
+
+def plural(count: int, noun: str) -> str:
+    """Return `count` and `noun`, adding an "s" unless `count` is 1."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def format_time(epoch_ms: int | None) -> str:
@@ -210,9 +216,9 @@ def report_lines(report: RunReport) -> list[str]:
     if report.not_run:
         return ["Not run: another runner held the lock; nothing was applied."]
     if not report.applied:
-        return [f"Nothing to apply: all {len(report.skipped)} changes are applied."]
+        return [f"Nothing to apply: all {plural(len(report.skipped), 'change')} are applied."]
     return [
-        f"Applied {len(report.applied)} changes in {report.duration:.2f} s "
+        f"Applied {plural(len(report.applied), 'change')} in {report.duration:.2f} s "
         f"({len(report.skipped)} already applied), execution {report.execution_id}:",
         *(f"  {change_id}" for change_id in report.applied),
     ]

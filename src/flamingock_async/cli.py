@@ -26,12 +26,14 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import click
 
 from ._audit import AuditState, now_ms
+from ._changes import LoadedChange, Pipeline
+from ._cli_render import plural
 from ._errors import (
     ConfigurationError,
     FlamingockError,
@@ -133,10 +135,33 @@ class Settings:
         return self.changes
 
     def redact(self, text: str) -> str:
-        """Replace the store URL in `text` by its redacted form."""
-        if self.store and self.store in text:
-            return text.replace(self.store, redact_url(self.store))
+        """Remove the store URL's password and tokens from `text`, wherever they appear.
+
+        Drivers redact the URLs they put in messages, but a message may quote a part of
+        the URL, so every secret of the URL is replaced on its own too.
+        """
+        if not self.store:
+            return text
+        text = text.replace(self.store, redact_url(self.store))
+        for secret in _url_secrets(self.store):
+            text = text.replace(secret, "***")
         return text
+
+
+def _url_secrets(url: str) -> list[str]:
+    """Return the password and the token values found in `url`."""
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # an invalid port or bracketed host
+        return []
+    secrets = [password, unquote(password)] if password else []
+    for name, value in parse_qsl(parts.query):
+        if name.lower().endswith("token") and value:
+            secrets.append(value)
+    return [secret for secret in secrets if len(secret) >= 3]
 
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -231,19 +256,29 @@ def _settings(ctx: click.Context, /, **options: Any) -> Settings:
         lock_lease=float(options.get("lock_lease") or _DEFAULT_LOCK.lease),
         lock_wait_timeout=_DEFAULT_LOCK.wait_timeout if wait_timeout is None else wait_timeout,
     )
-    _configure_logging(settings.verbose)
+    _configure_logging(ctx, settings.verbose)
     return settings
 
 
-def _configure_logging(verbose: int) -> None:
+def _configure_logging(ctx: click.Context, verbose: int) -> None:
+    """Send the package's log records to standard error at the chosen level.
+
+    The logger's previous level and handlers come back when the command ends, so that a
+    program invoking the command line in-process keeps its own logging set-up.
+    """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     package = logging.getLogger("flamingock_async")
+    previous_level = package.level
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     package.setLevel(level)
-    if not any(getattr(handler, "_flamingock_cli", False) for handler in package.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        handler._flamingock_cli = True  # type: ignore[attr-defined]
-        package.addHandler(handler)
+    package.addHandler(handler)
+
+    def restore() -> None:
+        package.removeHandler(handler)
+        package.setLevel(previous_level)
+
+    ctx.call_on_close(restore)
 
 
 # -- running a command ---------------------------------------------------------------------
@@ -292,8 +327,22 @@ async def _with_driver(settings: Settings, use: Callable[[Driver], Awaitable[T]]
 
 
 def _runner(settings: Settings, driver: Driver, *, need_changes: bool = True) -> AsyncRunner:
-    changes: Any = settings.require_changes() if need_changes else (settings.changes or [])
-    return AsyncRunner(driver, changes, lock=settings.lock)
+    if not need_changes and not settings.changes:
+        return _AuditLogRunner(driver, [], lock=settings.lock)
+    return AsyncRunner(driver, settings.require_changes(), lock=settings.lock)
+
+
+class _AuditLogRunner(AsyncRunner):
+    """A runner without a pipeline, for `mark` of a change known only from the audit log."""
+
+    def load_pipeline(self) -> Pipeline:
+        return Pipeline((), _no_changes)
+
+
+def _no_changes(change_ids: Sequence[str]) -> Mapping[str, LoadedChange]:
+    raise ConfigurationError(
+        f"Changes {', '.join(change_ids)} cannot be loaded without a pipeline; pass --changes."
+    )
 
 
 def _ensure_cwd_importable() -> None:
@@ -395,7 +444,7 @@ def run(ctx: click.Context, /, progress: bool | None, **options: Any) -> None:
         report = asyncio.run(_with_driver(settings, work))
     except FlamingockError as error:
         if settings.json:
-            _echo_json(_failed_run_json(error))
+            _echo_json(_failed_run_json(settings, error))
         _fail(settings, error)
 
     if settings.json:
@@ -407,12 +456,12 @@ def run(ctx: click.Context, /, progress: bool | None, **options: Any) -> None:
         click.echo(line)
 
 
-def _failed_run_json(error: FlamingockError) -> dict[str, Any]:
+def _failed_run_json(settings: Settings, error: FlamingockError) -> dict[str, Any]:
     report = getattr(error, "report", None)
     data: dict[str, Any] = report.as_dict() if report is not None else {}
     data["error"] = {
         "type": type(error).__name__,
-        "message": str(error),
+        "message": settings.redact(str(error)),
         "change_id": getattr(error, "change_id", None),
         "exit_code": exit_code_for(error),
     }
@@ -443,7 +492,7 @@ def plan(ctx: click.Context, /, **options: Any) -> None:
         return
     to_apply = result.to_apply
     if not to_apply and not result.blocked:
-        click.echo(f"Nothing to apply: all {len(result.changes)} changes are applied.")
+        click.echo(f"Nothing to apply: all {plural(len(result.changes), 'change')} are applied.")
         return
     for line in plan_rows(result):
         click.echo(line)
@@ -497,7 +546,7 @@ def status(ctx: click.Context, /, **options: Any) -> None:
     )
     if unknown:
         click.echo(
-            f"{len(unknown)} audited changes are not in the pipeline: "
+            f"{plural(len(unknown), 'audited change')} not in the pipeline: "
             + ", ".join(entry.change_id for entry in unknown)
         )
 
@@ -576,7 +625,10 @@ def validate(ctx: click.Context, /, **options: Any) -> None:
         _echo_json(pipeline_json(pipeline))
         return
     stages = ", ".join(f"{stage.name} ({len(stage.changes)})" for stage in pipeline.stages)
-    click.echo(f"Valid: {len(pipeline)} changes in {len(pipeline.stages)} stages: {stages}.")
+    click.echo(
+        f"Valid: {plural(len(pipeline), 'change')} in "
+        f"{plural(len(pipeline.stages), 'stage')}: {stages}."
+    )
 
 
 class _NoStore(Driver):
@@ -737,7 +789,7 @@ def rollback(ctx: click.Context, /, target: str, yes: bool, **options: Any) -> N
         return
     if not yes:
         click.echo(f"Changes to roll back, newest first: {', '.join(planned)}", err=True)
-        click.confirm(f"Roll back {len(planned)} changes?", abort=True, err=True)
+        click.confirm(f"Roll back {plural(len(planned), 'change')}?", abort=True, err=True)
 
     async def work(driver: Driver) -> list[str]:
         return await _runner(settings, driver).rollback(to=target)
@@ -746,7 +798,7 @@ def rollback(ctx: click.Context, /, target: str, yes: bool, **options: Any) -> N
     if settings.json:
         _echo_json({"rolled_back": undone})
         return
-    click.echo(f"Rolled back {len(undone)} changes: {', '.join(undone)}.")
+    click.echo(f"Rolled back {plural(len(undone), 'change')}: {', '.join(undone)}.")
 
 
 async def _rollback_preview(runner: AsyncRunner, target: str) -> list[str]:
@@ -804,10 +856,11 @@ def wait(ctx: click.Context, /, timeout: float, interval: float, **options: Any)
         if not settings.json:
             click.echo(f"All changes are applied (waited {waited:.1f} s).")
         return
+    shown = ", ".join(pending[:10]) + (" ..." if len(pending) > 10 else "")
     click.echo(
-        f"Error: timed out after {timeout:g} s with {len(pending)} changes not applied: "
-        f"{', '.join(pending[:10])}{' ...' if len(pending) > 10 else ''}; check the runner "
-        "with 'flamingock status' and 'flamingock lock show'.",
+        f"Error: timed out after {timeout:g} s with {plural(len(pending), 'change')} "
+        f"not applied: {shown}; check the runner with 'flamingock status' and "
+        "'flamingock lock show'.",
         err=True,
     )
     raise click.exceptions.Exit(EXIT_WAIT_TIMEOUT)

@@ -119,3 +119,7 @@ class RefreshStatistics:
         )
         rows = await connection.execute_fetchall("SELECT name, value FROM catalog_stats")
         context.metadata.update({str(name): value for name, value in rows})
+
+    async def rollback(self, connection: aiosqlite.Connection) -> None:
+        """Empty the statistics, which describe data that is being rolled back."""
+        await connection.execute("DELETE FROM catalog_stats")
