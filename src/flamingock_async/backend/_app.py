@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._audit import AuditEntry
@@ -72,7 +73,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorBody} for status in statuses}
 
 
-_AUTH_ERRORS = _errors(401, 403, 413, 422, 503)
+_AUTH_ERRORS = _errors(401, 403, 404, 413, 422, 503)
 
 
 # -- per-process resources ----------------------------------------------------------------
@@ -221,8 +222,17 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if error.status_code == 400:
+            # Starlette answers 400 to a body it cannot decode; it is one more invalid request.
+            return _error_response(
+                422, "INVALID_REQUEST", f"The request is invalid: {error.detail}."
+            )
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(error.status_code, "HTTP_ERROR")
-        return _error_response(error.status_code, code, str(error.detail))
+        response = _error_response(error.status_code, code, str(error.detail))
+        response.headers.update(error.headers or {})
+        if error.status_code == 405:
+            response.headers["Allow"] = ", ".join(_allowed_methods(request))
+        return response
 
     @app.exception_handler(LockLostError)
     async def lock_lost(request: Request, error: LockLostError) -> JSONResponse:
@@ -246,6 +256,20 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RecursionError)
     async def too_deep(request: Request, error: RecursionError) -> JSONResponse:
         return _error_response(422, "INVALID_REQUEST", "The request body is nested too deeply.")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Return every method some route accepts on the request's path.
+
+    Starlette's own `Allow` header names only the first route that matches the path, but
+    GET and PUT of a lock are two routes.
+    """
+    allowed: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            allowed.update(getattr(route, "methods", None) or ())
+    return sorted(allowed)
 
 
 # -- authentication -----------------------------------------------------------------------
@@ -380,9 +404,9 @@ async def request_execution(body: ExecutionRequest, who: Caller) -> ExecutionRes
 
 
 @router.post(
-    f"{base}/execution/{{execution_id}}/change/{{change_id:path}}/audit",
+    f"{base}/execution/{{execution_id}}/change/{{change_id}}/audit",
     response_model=AppendResponse,
-    responses=_errors(401, 403, 409, 413, 422, 503),
+    responses=_errors(401, 403, 404, 409, 413, 422, 503),
     tags=["audit"],
 )
 async def append_audit(
@@ -435,7 +459,7 @@ async def audit_history(
 
 
 @router.get(
-    f"{base}/lock/{{key:path}}",
+    f"{base}/lock/{{key}}",
     response_model=LockView,
     responses=_AUTH_ERRORS,
     tags=["lock"],
@@ -448,7 +472,7 @@ async def get_lock(key: LockKey, who: Caller) -> LockView:
 
 
 @router.put(
-    f"{base}/lock/{{key:path}}",
+    f"{base}/lock/{{key}}",
     response_model=CompareAndSetResponse,
     responses=_AUTH_ERRORS,
     tags=["lock"],
@@ -473,9 +497,9 @@ async def compare_and_set_lock(
 
 
 @router.post(
-    f"{base}/lock/{{key:path}}/extend",
+    f"{base}/lock/{{key}}/extend",
     response_model=LockGrant,
-    responses=_errors(401, 403, 409, 413, 422, 503),
+    responses=_errors(401, 403, 404, 409, 413, 422, 503),
     tags=["lock"],
 )
 async def extend_lock(key: LockKey, body: ExtendRequest, who: Caller) -> LockGrant:
@@ -485,9 +509,9 @@ async def extend_lock(key: LockKey, body: ExtendRequest, who: Caller) -> LockGra
 
 
 @router.post(
-    f"{base}/lock/{{key:path}}/release",
+    f"{base}/lock/{{key}}/release",
     response_model=ReleaseResponse,
-    responses=_errors(401, 403, 409, 413, 422, 503),
+    responses=_errors(401, 403, 404, 409, 413, 422, 503),
     tags=["lock"],
 )
 async def release_lock(key: LockKey, body: ReleaseRequest, who: Caller) -> ReleaseResponse:

@@ -1,7 +1,8 @@
 """Request and response bodies of protocol version 1, validated by pydantic.
 
 Integers are bounded to signed 64 bits and strings to a few kilobytes so that every valid
-body fits every store; the request size limit bounds the total.
+body fits every store; the request size limit bounds the total. Integers and booleans are
+strict: `1.0` is not an integer and `0` is not a boolean.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import enum
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 from .._audit import AuditState
 from .._changes import Recovery
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 MAX_INT = 2**63 - 1
-Count = Annotated[int, Field(ge=0, le=MAX_INT)]
+Count = Annotated[StrictInt, Field(ge=0, le=MAX_INT)]
 Id = Annotated[str, Field(min_length=1, max_length=200)]
 Text = Annotated[str, Field(max_length=2_000)]
 
@@ -100,7 +101,7 @@ class LockModel(_Strict):
     owner: Id | None
     epoch: Count
     version: Count
-    lease_ms: Annotated[int, Field(ge=1, le=MAX_INT)]
+    lease_ms: Annotated[StrictInt, Field(ge=1, le=MAX_INT)]
     acquired_at_ms: Count
     renewed_at_ms: Count
     host: Text = ""
@@ -168,7 +169,7 @@ class AuditEntryModel(_Strict):
     started_at_ms: Count | None = None
     finished_at_ms: Count | None = None
     duration_ms: Count | None = None
-    transactional: bool = False
+    transactional: StrictBool = False
     host: Text = ""
     pid: Count = 0
     error_type: Text | None = None
@@ -214,9 +215,9 @@ class ChangeRequest(_Strict):
     id: Id
     order: Id
     author: Text = ""
-    transactional: bool = False
+    transactional: StrictBool = False
     recovery: Recovery = Recovery.MANUAL_INTERVENTION
-    run_always: bool = False
+    run_always: StrictBool = False
     local_state: AuditState | None = Field(
         default=None,
         description="The state the runner last saw; informational, the backend's log decides.",
@@ -230,7 +231,7 @@ class StageRequest(_Strict):
 
 class ExecutionRequest(_Strict):
     lock_key: Id = "flamingock"
-    lease_ms: Annotated[int, Field(ge=300, le=86_400_000)] = 30_000
+    lease_ms: Annotated[StrictInt, Field(ge=300, le=86_400_000)] = 30_000
     last_acquisition_id: Id | None = Field(
         default=None, description="The acquisition id of the previous AWAIT answer."
     )

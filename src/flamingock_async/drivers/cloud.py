@@ -208,6 +208,11 @@ class CloudDriver(Driver):
         return bool(body["applied"])
 
     def _lock_path(self, key: str) -> str:
+        if "/" in key:
+            raise ConfigurationError(
+                f"The cloud driver cannot address the lock key {key!r}: a key sent in a URL "
+                "path must not contain '/'; choose another LockSettings.key."
+            )
         return f"{self._service_path}/lock/{quote(key, safe='')}"
 
     # -- audit log ---------------------------------------------------------------------------
