@@ -315,6 +315,8 @@ class LockManager:
             mine, owner=None, version=mine.version + 1, renewed_at_ms=now_ms()
         )
         released = await self.driver.replace_lock(self.settings.key, mine.version, freed)
+        if not released:
+            released = await self._release_unseen_renewal(mine)
         if released:
             logger.debug("Released lock %r at epoch %d", self.settings.key, mine.epoch)
         else:
@@ -324,6 +326,20 @@ class LockManager:
                 mine.epoch,
             )
         return released
+
+    async def _release_unseen_renewal(self, mine: LockRecord) -> bool:
+        """Free the lock if it still carries this runner's owner and epoch at a newer version.
+
+        A renewal whose caller was cancelled (the heartbeat stops at the end of every run)
+        may still have reached the store, so the stored version can be newer than `mine`.
+        """
+        current = await self.driver.read_lock(self.settings.key)
+        if current is None or current.owner != self.owner or current.epoch != mine.epoch:
+            return False
+        freed = dataclasses.replace(
+            current, owner=None, version=current.version + 1, renewed_at_ms=now_ms()
+        )
+        return await self.driver.replace_lock(self.settings.key, current.version, freed)
 
     def _require_record(self) -> LockRecord:
         if self._record is None:
