@@ -1,0 +1,213 @@
+"""The runner's failure handling through the backend: one runner in process, a served backend."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import anyio
+import pytest
+
+from flamingock_async import (
+    AsyncRunner,
+    AuditState,
+    ChangeExecutionError,
+    LockNotAcquiredError,
+    LockSettings,
+    ManualInterventionRequiredError,
+    PipelineValidationError,
+    RunState,
+    change_unit,
+)
+from flamingock_async._audit import AuditEntry, new_id, now_ms
+from flamingock_async._lock import LockManager
+from flamingock_async.drivers.cloud import CloudDriver
+
+from .conftest import Backend, Service, cloud_driver
+
+FAST_LOCK = LockSettings(lease=1.0, wait_timeout=10.0, poll_interval=0.05)
+
+
+class Calls:
+    """Records what changes did, injected by type."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+        self.fail = True
+
+
+@change_unit(id="add-index", order="0001", author="tests", transactional=False)
+class AddIndex:
+    async def execute(self, calls: Calls) -> None:
+        calls.log.append("add-index")
+
+
+@change_unit(id="fragile", order="0002", author="tests", transactional=False)
+class Fragile:
+    """Fails while `calls.fail` is set; its rollback succeeds."""
+
+    async def execute(self, calls: Calls) -> None:
+        calls.log.append("fragile")
+        if calls.fail:
+            raise RuntimeError("the target refused the write")
+
+    async def rollback(self, calls: Calls) -> None:
+        calls.log.append("rollback fragile")
+
+
+@change_unit(id="fragile", order="0002", author="tests", transactional=False)
+class BrokenRollback:
+    async def execute(self, calls: Calls) -> None:
+        raise RuntimeError("the target refused the write")
+
+    async def rollback(self, calls: Calls) -> None:
+        raise OSError("the target is gone")
+
+
+@change_unit(id="atomic", order="0002", author="tests", transactional=True)
+class FailingTransactional:
+    async def execute(self, calls: Calls) -> None:
+        raise RuntimeError("constraint violated")
+
+
+@change_unit(id="add-index", order="0003", author="someone-else", transactional=False)
+class DuplicateId:
+    async def execute(self) -> None:
+        return None
+
+
+@pytest.fixture
+async def drivers(backend: Backend, service: Service) -> AsyncIterator[Callable[[], CloudDriver]]:
+    made: list[CloudDriver] = []
+
+    def make() -> CloudDriver:
+        made.append(cloud_driver(backend.url, service))
+        return made[-1]
+
+    yield make
+    for driver in made:
+        await driver.aclose()
+
+
+def runner(
+    driver: CloudDriver, changes: list[type], calls: Calls, **options: object
+) -> AsyncRunner:
+    options.setdefault("lock", FAST_LOCK)
+    return AsyncRunner(
+        driver,
+        changes,
+        dependencies=[calls],
+        manifest_cache=False,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+async def states(driver: CloudDriver, change_id: str) -> list[AuditState]:
+    return [entry.state for entry in await driver.read_history(change_id)]
+
+
+async def test_rolled_back_change_applies_again(drivers: Callable[[], CloudDriver]) -> None:
+    """A failed change whose rollback worked is applied by the next run; history keeps both."""
+    calls = Calls()
+    with pytest.raises(ChangeExecutionError):
+        await runner(drivers(), [AddIndex, Fragile], calls).run()
+    calls.fail = False
+    report = await runner(drivers(), [AddIndex, Fragile], calls).run()
+    history = await states(drivers(), "fragile")
+    assert report.applied == ("fragile",)
+    assert calls.log == ["add-index", "fragile", "rollback fragile", "fragile"]
+    assert history == [
+        AuditState.STARTED,
+        AuditState.FAILED,
+        AuditState.ROLLED_BACK,
+        AuditState.STARTED,
+        AuditState.APPLIED,
+    ]
+
+
+async def test_failed_rollback_blocks_next_run(drivers: Callable[[], CloudDriver]) -> None:
+    calls = Calls()
+    with pytest.raises(ChangeExecutionError) as raised:
+        await runner(drivers(), [AddIndex, BrokenRollback], calls).run()
+    assert isinstance(raised.value.__cause__, RuntimeError)
+    assert isinstance(raised.value.rollback_error, OSError)
+    assert await states(drivers(), "fragile") == [
+        AuditState.STARTED,
+        AuditState.FAILED,
+        AuditState.ROLLBACK_FAILED,
+    ]
+    with pytest.raises(ManualInterventionRequiredError, match="fragile"):
+        await runner(drivers(), [AddIndex, BrokenRollback], calls).run()
+
+
+async def test_failing_transactional_change_raises(drivers: Callable[[], CloudDriver]) -> None:
+    """The backend has no transaction that spans a change's code: the run raises, never succeeds."""
+    calls = Calls()
+    with pytest.raises(ChangeExecutionError):
+        await runner(drivers(), [AddIndex, FailingTransactional], calls).run()
+    history = await states(drivers(), "atomic")
+    assert history[0] is AuditState.STARTED
+    assert AuditState.APPLIED not in history
+
+
+async def test_mark_resolves_manual_intervention(drivers: Callable[[], CloudDriver]) -> None:
+    calls = Calls()
+    with pytest.raises(ChangeExecutionError):
+        await runner(drivers(), [AddIndex, BrokenRollback], calls).run()
+    await runner(drivers(), [AddIndex, BrokenRollback], calls).mark(
+        "fragile", AuditState.MANUAL_MARKED_AS_APPLIED
+    )
+    report = await runner(drivers(), [AddIndex, BrokenRollback], calls).run()
+    assert report.applied == ()
+    assert "fragile" in report.skipped
+    assert (await states(drivers(), "fragile"))[-1] is AuditState.MANUAL_MARKED_AS_APPLIED
+
+
+async def test_duplicate_ids_touch_nothing(drivers: Callable[[], CloudDriver]) -> None:
+    driver = drivers()
+    with pytest.raises(PipelineValidationError, match="add-index"):
+        await runner(driver, [AddIndex, DuplicateId], Calls()).run()
+    assert driver.stats.round_trips == 0
+    assert await drivers().read_lock("flamingock") is None
+
+
+async def test_giving_up_keeps_holder_lock(drivers: Callable[[], CloudDriver]) -> None:
+    """A runner that stops waiting for the lock leaves the holder's lock in place."""
+    holder = LockManager(drivers(), LockSettings(lease=30))
+    await holder.acquire()
+    impatient = LockSettings(lease=1.0, wait_timeout=0.3, poll_interval=0.05)
+    with pytest.raises(LockNotAcquiredError):
+        await runner(drivers(), [AddIndex], Calls(), lock=impatient).run()
+    stored = await drivers().read_lock("flamingock")
+    assert stored is not None
+    assert stored.owner == holder.owner
+    assert await holder.release() is True
+
+
+async def test_waiter_rereads_after_holder(drivers: Callable[[], CloudDriver]) -> None:
+    """A runner that saw a change pending and waited does not apply it once the holder did."""
+    holder_driver = drivers()
+    holder = LockManager(holder_driver, LockSettings(lease=30))
+    fence = await holder.acquire()
+    calls = Calls()
+    waiting = runner(drivers(), [AddIndex], calls)
+    async with anyio.create_task_group() as group:
+        group.start_soon(waiting.run)
+        with anyio.fail_after(10):
+            while waiting.progress.state is not RunState.WAITING_FOR_LOCK:
+                await anyio.sleep(0.02)
+        applied = AuditEntry(
+            entry_id=new_id(),
+            execution_id=new_id(),
+            stage="default",
+            change_id="add-index",
+            author="tests",
+            order="0001",
+            state=AuditState.APPLIED,
+            lock_epoch=fence.epoch,
+            sequence=1,
+            created_at_ms=now_ms(),
+        )
+        await holder_driver.append_audit(applied, fence)
+        await holder.release()
+    assert calls.log == []
+    assert await states(drivers(), "add-index") == [AuditState.APPLIED]
