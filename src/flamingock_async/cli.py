@@ -24,6 +24,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -256,21 +257,22 @@ def _settings(ctx: click.Context, /, **options: Any) -> Settings:
         lock_lease=float(options.get("lock_lease") or _DEFAULT_LOCK.lease),
         lock_wait_timeout=_DEFAULT_LOCK.wait_timeout if wait_timeout is None else wait_timeout,
     )
-    _configure_logging(ctx, settings.verbose)
+    _configure_logging(ctx, settings)
     return settings
 
 
-def _configure_logging(ctx: click.Context, verbose: int) -> None:
+def _configure_logging(ctx: click.Context, settings: Settings) -> None:
     """Send the package's log records to standard error at the chosen level.
 
     The logger's previous level and handlers come back when the command ends, so that a
     program invoking the command line in-process keeps its own logging set-up.
     """
+    verbose = settings.verbose
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     package = logging.getLogger("flamingock_async")
     previous_level = package.level
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_RedactingFormatter(settings, "%(levelname)s %(name)s: %(message)s"))
     package.setLevel(level)
     package.addHandler(handler)
 
@@ -279,6 +281,17 @@ def _configure_logging(ctx: click.Context, verbose: int) -> None:
         package.setLevel(previous_level)
 
     ctx.call_on_close(restore)
+
+
+class _RedactingFormatter(logging.Formatter):
+    """Format log records with the store URL's secrets removed."""
+
+    def __init__(self, settings: Settings, fmt: str) -> None:
+        super().__init__(fmt)
+        self._settings = settings
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._settings.redact(super().format(record))
 
 
 # -- running a command ---------------------------------------------------------------------
@@ -294,6 +307,53 @@ def _execute(settings: Settings, work: Callable[[], Awaitable[T]]) -> T:
 
 async def _call(work: Callable[[], Awaitable[T]]) -> T:
     return await work()
+
+
+class _TerminationGuard:
+    """Turns SIGTERM into a cancellation of the command's task.
+
+    The runner then audits the interrupted change, runs its rollback if it is not
+    transactional, and releases the lock, within its shutdown grace, as it does for Ctrl+C.
+    Without this a container's SIGTERM would kill the process and leave the lock held
+    until its lease expires.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+        self._task: asyncio.Task[Any] | None = None
+
+    async def run(self, work: Callable[[], Awaitable[T]]) -> T:
+        loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        try:
+            loop.add_signal_handler(signal.SIGTERM, self._on_signal)
+        except (NotImplementedError, RuntimeError, ValueError):  # Windows, or not main thread
+            return await work()
+        try:
+            return await work()
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    def _on_signal(self) -> None:
+        self.received = True
+        if self._task is not None:
+            self._task.cancel()
+
+
+def _run_until_terminated(settings: Settings, work: Callable[[], Awaitable[T]]) -> T:
+    """Run `work` like `asyncio.run`; on SIGTERM, let it clean up, then exit with code 1."""
+    guard = _TerminationGuard()
+    try:
+        return asyncio.run(guard.run(work))
+    except asyncio.CancelledError:
+        if not guard.received:
+            raise
+    click.echo(
+        "Error: stopped by SIGTERM before the command finished; run 'flamingock status' "
+        "and 'flamingock lock show' to see what remains.",
+        err=True,
+    )
+    raise click.exceptions.Exit(EXIT_FAILED)
 
 
 def _fail(settings: Settings, error: FlamingockError, *, code: int | None = None) -> NoReturn:
@@ -400,7 +460,7 @@ def cli(ctx: click.Context, /, verbose: int) -> None:
       sqlite:///relative/app.db    relative to the current directory
       sqlite:////var/lib/app.db    absolute path (four slashes)
       mongodb://user:pass@host/db, dynamodb://table?region=eu-west-1, https://backend
-    Credentials in URLs are never printed.
+    Passwords and tokens in the store URL are removed from all output.
     """
     ctx.obj = Settings(verbose=verbose)
     _ensure_cwd_importable()
@@ -441,7 +501,7 @@ def run(ctx: click.Context, /, progress: bool | None, **options: Any) -> None:
                 bar.close()
 
     try:
-        report = asyncio.run(_with_driver(settings, work))
+        report = _run_until_terminated(settings, lambda: _with_driver(settings, work))
     except FlamingockError as error:
         if settings.json:
             _echo_json(_failed_run_json(settings, error))
@@ -794,7 +854,10 @@ def rollback(ctx: click.Context, /, target: str, yes: bool, **options: Any) -> N
     async def work(driver: Driver) -> list[str]:
         return await _runner(settings, driver).rollback(to=target)
 
-    undone = _execute(settings, lambda: _with_driver(settings, work))
+    try:
+        undone = _run_until_terminated(settings, lambda: _with_driver(settings, work))
+    except FlamingockError as error:
+        _fail(settings, error)
     if settings.json:
         _echo_json({"rolled_back": undone})
         return

@@ -167,3 +167,28 @@ def test_password_never_printed(workspace: Workspace, url: str) -> None:
     assert text.exit_code == 2
     assert "s3cret-pw" not in text.output
     assert "s3cret-pw" not in json_run.output
+
+
+def test_log_lines_are_redacted(workspace: Workspace) -> None:
+    """A log record that quotes the store password is printed without it under -v."""
+    package = workspace.package(
+        """
+        import logging
+
+        from flamingock_async import change_unit
+
+
+        @change_unit(id="log-url", order="0001", author="tests")
+        class LogUrl:
+            async def execute(self) -> None:
+                logging.getLogger("flamingock_async.example").info("talking to s3cret-pw")
+        """
+    )
+
+    result = workspace.invoke(
+        "run", "-v", "--store", "memory://admin:s3cret-pw@log-test", "--changes", package
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "talking to ***" in result.stderr
+    assert "s3cret-pw" not in result.output

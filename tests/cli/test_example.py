@@ -127,7 +127,7 @@ def test_status_after_runs(example: tuple[Path, str, dict[str, object]]) -> None
     assert {change["state"] for change in data["changes"]} == {"APPLIED"}
 
 
-def test_history_records_the_non_transactional_change(
+def test_history_of_non_transactional_change(
     example: tuple[Path, str, dict[str, object]],
 ) -> None:
     _, store, _ = example

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -175,3 +176,52 @@ def _wait_for_file(path: Path, process: subprocess.Popen[str]) -> None:
         if process.poll() is not None:
             raise AssertionError(f"the process ended early: {process.communicate()}")
         time.sleep(0.05)
+
+
+def test_sigterm_audits_and_releases(workspace: Workspace) -> None:
+    """SIGTERM during a change: its rollback runs, the log says so, and the lock is free."""
+    slow = workspace.package(
+        """
+        import os
+
+        import anyio
+        from flamingock_async import change_unit
+
+
+        @change_unit(id="slow", order="0001", author="tests", transactional=False)
+        class Slow:
+            async def execute(self) -> None:
+                with open("started", "w"):
+                    pass
+                await anyio.sleep(60)
+
+            async def rollback(self) -> None:
+                os.remove("started")
+        """
+    )
+    env = {**os.environ, "FLAMINGOCK_STORE": workspace.store, "FLAMINGOCK_CHANGES": slow}
+    process = subprocess.Popen(
+        [FLAMINGOCK, "run"],
+        cwd=workspace.path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for_file(workspace.path / "started", process)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+    history = flamingock(workspace, "history", "--json", **env)
+    lock = flamingock(workspace, "lock", "show", "--json", **env)
+    assert process.returncode == 1
+    assert "stopped by SIGTERM" in stderr
+    states = [entry["state"] for entry in json.loads(history.stdout)["entries"]]
+    assert states == ["STARTED", "FAILED", "ROLLED_BACK"]
+    assert json.loads(lock.stdout)["held"] is False
+    assert not (workspace.path / "started").exists()
