@@ -11,11 +11,11 @@ from flamingock_async import (
     AsyncRunner,
     AuditState,
     ChangeExecutionError,
+    EventKind,
     LockNotAcquiredError,
     LockSettings,
     ManualInterventionRequiredError,
     PipelineValidationError,
-    RunState,
     change_unit,
 )
 from flamingock_async._audit import AuditEntry, new_id, now_ms
@@ -190,11 +190,14 @@ async def test_waiter_rereads_after_holder(drivers: Callable[[], CloudDriver]) -
     fence = await holder.acquire()
     calls = Calls()
     waiting = runner(drivers(), [AddIndex], calls)
+    planned_and_waiting = anyio.Event()
+    waiting.add_listener(
+        lambda event: planned_and_waiting.set() if event.kind is EventKind.LOCK_WAITING else None
+    )
     async with anyio.create_task_group() as group:
         group.start_soon(waiting.run)
         with anyio.fail_after(10):
-            while waiting.progress.state is not RunState.WAITING_FOR_LOCK:
-                await anyio.sleep(0.02)
+            await planned_and_waiting.wait()
         applied = AuditEntry(
             entry_id=new_id(),
             execution_id=new_id(),
