@@ -251,6 +251,7 @@ class FlamingockLifespan:
                         yield state
         finally:
             self._active = False
+            await self._close_driver()
         if self._outcome.exit_requested:
             _exit_process(self.exit_code)
 
@@ -325,6 +326,26 @@ class FlamingockLifespan:
         )
         self._outcome.exit_requested = True
         _stop_server()
+
+    async def _close_driver(self) -> None:
+        """Close the store connections the run opened, after the application's own lifespan.
+
+        Some store libraries keep a thread per connection (aiosqlite does), and an open one
+        would keep the interpreter from exiting after a failed startup or with `exit`.
+        """
+        with anyio.move_on_after(self.runner.shutdown_grace, shield=True) as scope:
+            try:
+                await self.runner.driver.aclose()
+            except Exception:
+                logger.warning(
+                    "Closing %s failed at shutdown", self.runner.driver.describe(), exc_info=True
+                )
+        if scope.cancelled_caught:
+            logger.warning(
+                "Closing %s timed out after %g s at shutdown",
+                self.runner.driver.describe(),
+                self.runner.shutdown_grace,
+            )
 
     def _log_if_interrupted(self) -> None:
         progress = self.runner.progress
