@@ -12,9 +12,7 @@ environment variables:
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import AsyncIterator
 from typing import Annotated, Any, cast
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -65,20 +63,10 @@ def create_app(store_url: str | None = None) -> FastAPI:
     backend = backend_of(store_url)
     runner = build_runner(store_url)
 
-    @contextlib.asynccontextmanager
-    async def close_store(app: FastAPI) -> AsyncIterator[None]:
-        # Entered before the run starts and left after it stopped, so the driver that the
-        # run and the requests share is closed last.
-        try:
-            yield
-        finally:
-            await runner.driver.aclose()
-
     flamingock = flamingock_lifespan(
         runner,
         mode=cast(Mode, os.environ.get("FLAMINGOCK_MODE", "background")),
         on_failure=cast(OnFailure, os.environ.get("FLAMINGOCK_ON_FAILURE", "stay_unready")),
-        lifespan=close_store,
     )
     app = FastAPI(title="bookmarks", lifespan=flamingock)
     app.state.flamingock = flamingock
