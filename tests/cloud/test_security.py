@@ -17,7 +17,7 @@ import pytest
 from flamingock_async import DriverAuthError
 from flamingock_async._audit import now_ms
 
-from .conftest import JWT_SECRET, Backend, Service, cloud_driver
+from .conftest import JWT_SECRET, Backend, Service, cloud_driver, free_port
 
 RUNNER = {"X-Flamingock-Runner-Id": "security-tests"}
 
@@ -301,7 +301,8 @@ async def test_token_absent_from_logs(
     await driver.read_states()
     await driver.read_lock("flamingock")
     await driver.aclose()
-    failing = cloud_driver("http://127.0.0.1:9", service, max_attempts=2, backoff=0.01)
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    failing = cloud_driver(nowhere, service, max_attempts=2, backoff=0.01)
     with pytest.raises(Exception, match="failed after 2 attempts"):
         await failing.open()
     await failing.aclose()
