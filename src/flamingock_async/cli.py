@@ -133,7 +133,10 @@ class Settings:
                 "Missing pipeline: pass --changes with a package, module or pipeline file, "
                 "or set FLAMINGOCK_CHANGES (for example --changes myapp.changes)."
             )
-        return self.changes
+        try:
+            return module_name_of(self.changes)
+        except ConfigurationError as error:
+            _fail(self, error)
 
     def redact(self, text: str) -> str:
         """Remove the store URL's password and tokens from `text`, wherever they appear.
@@ -147,6 +150,35 @@ class Settings:
         for secret in _url_secrets(self.store):
             text = text.replace(secret, "***")
         return text
+
+
+def module_name_of(changes: str) -> str:
+    """Return the module name for a `--changes` value given as a path, else the value.
+
+    `myapp/changes`, `myapp/changes/` and `myapp/changes.py` become `myapp.changes` when
+    that folder or file exists under the current directory, which is on `sys.path`.
+    Pipeline files and dotted names are returned unchanged.
+    """
+    if changes.lower().endswith((".yaml", ".yml")):
+        return changes
+    looks_like_path = "/" in changes or os.sep in changes or changes.endswith(".py")
+    if not looks_like_path:
+        return changes
+    path = os.path.normpath(changes)
+    if not (os.path.isdir(path) or (path.endswith(".py") and os.path.isfile(path))):
+        return changes
+    relative = os.path.relpath(os.path.abspath(path), os.getcwd())
+    if relative.startswith(os.pardir):
+        raise ConfigurationError(
+            f"The changes path {changes!r} is outside the current directory, so it cannot be "
+            "imported as a module; run flamingock from a folder that contains it, or give "
+            "its dotted module name."
+        )
+    parts = relative[: -len(".py")] if relative.endswith(".py") else relative
+    names = [name for name in parts.split(os.sep) if name]
+    if names and names[-1] == "__init__":
+        names.pop()
+    return ".".join(names)
 
 
 def _url_secrets(url: str) -> list[str]:
@@ -367,10 +399,10 @@ def _fail(settings: Settings, error: FlamingockError, *, code: int | None = None
     raise click.exceptions.Exit(exit_code_for(error) if code is None else code)
 
 
-def _echo_json(data: Any) -> None:
+def _echo_json(settings: Settings, data: Any) -> None:
     import json
 
-    click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+    click.echo(settings.redact(json.dumps(data, indent=2, sort_keys=False, default=str)))
 
 
 def _make_driver(settings: Settings) -> Driver:
@@ -504,11 +536,11 @@ def run(ctx: click.Context, /, progress: bool | None, **options: Any) -> None:
         report = _run_until_terminated(settings, lambda: _with_driver(settings, work))
     except FlamingockError as error:
         if settings.json:
-            _echo_json(_failed_run_json(settings, error))
+            _echo_json(settings, _failed_run_json(settings, error))
         _fail(settings, error)
 
     if settings.json:
-        _echo_json({**report.as_dict(), "error": None})
+        _echo_json(settings, {**report.as_dict(), "error": None})
         return
     from ._cli_render import report_lines
 
@@ -548,7 +580,7 @@ def plan(ctx: click.Context, /, **options: Any) -> None:
     from ._cli_render import plan_json, plan_rows
 
     if settings.json:
-        _echo_json(plan_json(result))
+        _echo_json(settings, plan_json(result))
         return
     to_apply = result.to_apply
     if not to_apply and not result.blocked:
@@ -579,7 +611,7 @@ def status(ctx: click.Context, /, **options: Any) -> None:
     if not settings.changes:
         states = _execute(settings, lambda: _with_driver(settings, _read_states))
         if settings.json:
-            _echo_json(states_json(states, store_shown))
+            _echo_json(settings, states_json(states, store_shown))
             return
         for line in state_rows(states) if states else ["No change has been audited yet."]:
             click.echo(line)
@@ -594,7 +626,7 @@ def status(ctx: click.Context, /, **options: Any) -> None:
 
     result, unknown = _execute(settings, lambda: _with_driver(settings, work))
     if settings.json:
-        _echo_json(status_json(result, store_shown, unknown))
+        _echo_json(settings, status_json(result, store_shown, unknown))
         return
     for line in plan_rows(result):
         click.echo(line)
@@ -633,14 +665,14 @@ def history(ctx: click.Context, /, change_id: str | None, **options: Any) -> Non
     from ._cli_render import history_json, history_lines
 
     if settings.json:
-        _echo_json(history_json(entries))
+        _echo_json(settings, history_json(entries))
         return
     if not entries:
         subject = f"change {change_id!r}" if change_id else "this store"
         click.echo(f"No audit entries for {subject}.")
         return
     for line in history_lines(entries):
-        click.echo(line)
+        click.echo(settings.redact(line))
 
 
 # -- validate ------------------------------------------------------------------------------
@@ -682,7 +714,7 @@ def validate(ctx: click.Context, /, **options: Any) -> None:
     if settings.json:
         from ._cli_render import pipeline_json
 
-        _echo_json(pipeline_json(pipeline))
+        _echo_json(settings, pipeline_json(pipeline))
         return
     stages = ", ".join(f"{stage.name} ({len(stage.changes)})" for stage in pipeline.stages)
     click.echo(
@@ -743,7 +775,7 @@ def lock_show(ctx: click.Context, /, **options: Any) -> None:
     from ._cli_render import lock_json, lock_lines
 
     if settings.json:
-        _echo_json(lock_json(settings.lock_key, record))
+        _echo_json(settings, lock_json(settings.lock_key, record))
         return
     for line in lock_lines(settings.lock_key, record, now_ms()):
         click.echo(line)
@@ -775,11 +807,12 @@ def lock_release(ctx: click.Context, /, force: bool, **options: Any) -> None:
     released = _execute(settings, lambda: _with_driver(settings, work))
     if settings.json:
         _echo_json(
+            settings,
             {
                 "key": settings.lock_key,
                 "released": released is not None,
                 "previous": released.to_dict() if released is not None else None,
-            }
+            },
         )
         return
     if released is None:
@@ -816,7 +849,7 @@ def mark(ctx: click.Context, /, change_id: str, mark_as: str, **options: Any) ->
 
     entry = _execute(settings, lambda: _with_driver(settings, work))
     if settings.json:
-        _echo_json(entry.to_dict())
+        _echo_json(settings, entry.to_dict())
         return
     click.echo(f"Marked change {change_id!r} as {entry.state.value}.")
 
@@ -843,7 +876,7 @@ def rollback(ctx: click.Context, /, target: str, yes: bool, **options: Any) -> N
     planned = _execute(settings, lambda: _with_driver(settings, preview))
     if not planned:
         if settings.json:
-            _echo_json({"rolled_back": []})
+            _echo_json(settings, {"rolled_back": []})
             return
         click.echo(f"Nothing to roll back: no change after {target!r} is applied.")
         return
@@ -859,7 +892,7 @@ def rollback(ctx: click.Context, /, target: str, yes: bool, **options: Any) -> N
     except FlamingockError as error:
         _fail(settings, error)
     if settings.json:
-        _echo_json({"rolled_back": undone})
+        _echo_json(settings, {"rolled_back": undone})
         return
     click.echo(f"Rolled back {plural(len(undone), 'change')}: {', '.join(undone)}.")
 
@@ -914,7 +947,7 @@ def wait(ctx: click.Context, /, timeout: float, interval: float, **options: Any)
 
     pending, waited = _execute(settings, lambda: _with_driver(settings, work))
     if settings.json:
-        _echo_json({"done": not pending, "pending": pending, "waited": round(waited, 3)})
+        _echo_json(settings, {"done": not pending, "pending": pending, "waited": round(waited, 3)})
     if not pending:
         if not settings.json:
             click.echo(f"All changes are applied (waited {waited:.1f} s).")

@@ -283,3 +283,28 @@ def test_plan_nothing_pending(workspace: Workspace, basic: str) -> None:
 
     assert result.exit_code == 0, result.output
     assert "Nothing to apply: all 3 changes are applied." in result.stdout
+
+
+def test_changes_given_as_path(workspace: Workspace, basic: str) -> None:
+    as_folder = workspace.invoke("plan", "--json", "--store", workspace.store, "--changes", basic)
+    as_file = workspace.invoke(
+        "plan", "--json", "--store", workspace.store, "--changes", f"{basic}/changes.py"
+    )
+    as_slash = workspace.invoke(
+        "plan", "--json", "--store", workspace.store, "--changes", f"./{basic}/"
+    )
+
+    assert as_file.exit_code == 0, as_file.output
+    assert as_slash.exit_code == 0, as_slash.output
+    assert json.loads(as_file.stdout) == json.loads(as_folder.stdout)
+    assert json.loads(as_slash.stdout) == json.loads(as_folder.stdout)
+
+
+def test_changes_path_outside_cwd(workspace: Workspace, basic: str) -> None:
+    result = workspace.invoke(
+        "run", "--store", workspace.store, "--changes", str(workspace.path.parent)
+    )
+
+    assert result.exit_code == 2
+    assert "outside the current directory" in result.stderr
+    assert not workspace.store_file.exists()
