@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import anyio
@@ -64,6 +65,7 @@ class AsyncRunner:
             raise ConfigurationError(
                 f"on_lock_timeout must be 'raise' or 'skip', got {on_lock_timeout!r}."
             )
+        self._owns_driver = isinstance(driver, str)
         if isinstance(driver, str):
             from .drivers import driver_from_url
 
@@ -79,6 +81,33 @@ class AsyncRunner:
         self._cache_dir = cache_dir
         self._listeners: list[Listener] = []
         self._pipeline: Pipeline | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the driver if this runner created it from a URL; a passed driver stays open."""
+        if self._owns_driver:
+            with anyio.CancelScope(shield=True):
+                await self.driver.aclose()
+
+    async def __aenter__(self) -> AsyncRunner:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _using_driver(self) -> AsyncIterator[Driver]:
+        """Open the driver for one operation; close it after if this runner owns it.
+
+        Drivers built from a URL are closed after each operation, so that a process that
+        only calls `run()` leaves no connection threads behind that would keep it alive.
+        """
+        try:
+            await self.driver.open()
+            yield self.driver
+        finally:
+            await self.aclose()
 
     # -- listeners ---------------------------------------------------------------------------
 
@@ -112,13 +141,13 @@ class AsyncRunner:
     async def plan(self) -> RunPlan:
         """Return what `run()` would do now, without taking the lock or writing anything."""
         pipeline = self.load_pipeline()
-        await self.driver.open()
-        return plan_run(pipeline, await self.driver.read_states())
+        async with self._using_driver() as driver:
+            return plan_run(pipeline, await driver.read_states())
 
     async def history(self, change_id: str | None = None) -> list[AuditEntry]:
         """Return the audit log (or one change's part of it), oldest first."""
-        await self.driver.open()
-        return await self.driver.read_history(change_id)
+        async with self._using_driver() as driver:
+            return await driver.read_history(change_id)
 
     # -- run ---------------------------------------------------------------------------------
 
@@ -134,7 +163,8 @@ class AsyncRunner:
         self._emit(EventKind.RUN_STARTED, execution_id)
         executor = self._new_executor(execution_id)
         try:
-            report = await self._run(executor)
+            async with self._using_driver():
+                report = await self._run(executor)
         except BaseException as error:
             self._fail(executor, error, started)
             raise
@@ -144,12 +174,20 @@ class AsyncRunner:
 
     async def _run(self, executor: ChangeExecutor) -> RunReport:
         pipeline = self.load_pipeline()
-        await self.driver.open()
-        plan = plan_run(pipeline, await self.driver.read_states())
+        states = await self.driver.read_states()
+        plan = plan_run(pipeline, states)
         if not plan.needs_lock:
             return self._nothing_to_do(executor.execution_id, plan)
 
-        loaded = self._load_changes(pipeline, plan)
+        from ._discovery import StaleManifestError
+
+        try:
+            loaded = self._load_changes(pipeline, plan)
+        except StaleManifestError:
+            # The cached manifest no longer matched the code and the pipeline has reloaded
+            # itself from the import, so plan again.
+            plan = plan_run(pipeline, states)
+            loaded = self._load_changes(pipeline, plan)
         await self.driver.setup()
         if not await self._acquire(executor, plan.max_epoch):
             return RunReport(executor.execution_id, not_run=True)
@@ -309,15 +347,10 @@ class AsyncRunner:
             raise ConfigurationError(
                 f"mark takes {' or '.join(s.value for s in _MARK_STATES)}, got {state!r}."
             )
-        descriptor = await self._known_change(change_id)
-        execution_id = new_id()
-        executor = self._new_executor(execution_id)
-        await self.driver.setup()
-        await executor.lock.acquire(await self._max_epoch())
-        try:
-            return await executor.append(descriptor, state, atomic=False)
-        finally:
-            await self._release(executor)
+        async with self._using_driver():
+            descriptor = await self._known_change(change_id)
+            async with self._holding_lock() as executor:
+                return await executor.append(descriptor, state, atomic=False)
 
     async def rollback(self, to: str) -> list[str]:
         """Undo applied changes after `to`, newest first, and return their ids.
@@ -331,12 +364,7 @@ class AsyncRunner:
             raise ConfigurationError(
                 f"Change {to!r} is not in the pipeline; run 'flamingock status' to list ids."
             )
-        await self.driver.open()
-        execution_id = new_id()
-        executor = self._new_executor(execution_id)
-        await self.driver.setup()
-        await executor.lock.acquire(await self._max_epoch())
-        try:
+        async with self._using_driver(), self._holding_lock() as executor:
             targets = await self._rollback_targets(pipeline, to)
             async with anyio.create_task_group() as tasks:
                 await tasks.start(executor.heartbeat)
@@ -346,6 +374,15 @@ class AsyncRunner:
                 finally:
                     tasks.cancel_scope.cancel()
             return [change.descriptor.id for change in targets]
+
+    @contextlib.asynccontextmanager
+    async def _holding_lock(self) -> AsyncIterator[ChangeExecutor]:
+        """Set up the store, take the lock for an operator action, and release it after."""
+        executor = self._new_executor(new_id())
+        await self.driver.setup()
+        await executor.lock.acquire(await self._max_epoch())
+        try:
+            yield executor
         finally:
             await self._release(executor)
 
@@ -368,7 +405,6 @@ class AsyncRunner:
         return [loaded[cid] for cid in reversed(applied)]
 
     async def _known_change(self, change_id: str) -> ChangeDescriptor:
-        await self.driver.open()
         descriptor = self.load_pipeline().get(change_id)
         if descriptor is not None:
             return descriptor
