@@ -17,7 +17,7 @@ from flamingock_async import (
     LockSettings,
     change_unit,
 )
-from flamingock_async.drivers.sqlite import SQLiteDriver
+from flamingock_async.drivers.sqlite import SQLiteDriver, from_url
 
 from .processes import run_together
 from .runner_changes import CHANGE_COUNT, CHANGES
@@ -72,6 +72,16 @@ async def test_runner_applies_changes_once(driver: SQLiteDriver, database: Path)
     assert len(first.applied) == CHANGE_COUNT
     assert second.applied == ()
     assert sorted(applied_rows(database)) == [f"change-{i:02d}" for i in range(CHANGE_COUNT)]
+
+
+async def test_memory_database_runs_changes() -> None:
+    async with from_url("sqlite:///:memory:") as driver:
+        report = await AsyncRunner(driver, CHANGES, manifest_cache=False).run()
+        connection: Any = driver.target_dependencies()["connection"]
+        rows = list(await connection.execute_fetchall("SELECT count(*) FROM applied"))
+
+    assert len(report.applied) == CHANGE_COUNT
+    assert rows[0][0] == CHANGE_COUNT
 
 
 async def test_failed_transaction_commits_nothing(

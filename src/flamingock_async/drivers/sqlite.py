@@ -120,8 +120,9 @@ class SQLiteDriver(Driver):
     """Store the audit log and the lock in one SQLite database file.
 
     `path_or_connection` is a file path, `":memory:"`, or an open `aiosqlite.Connection`
-    created with `isolation_level=None`. A connection passed in is used for everything and is
-    left open by `aclose()`; with a path the driver opens and closes its own connections.
+    created with `isolation_level=None`. A connection passed in is used for everything, as
+    given (the driver sets neither WAL mode nor `busy_timeout` on it), and is left open by
+    `aclose()`. With a path the driver opens and closes its own connections.
     `busy_timeout` is how long, in seconds, a write waits for another process's write.
     """
 

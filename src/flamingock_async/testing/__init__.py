@@ -38,7 +38,7 @@ start with `Test`), and provide the `driver_factory` fixture::
 The contract of the fixture and the hooks:
 
 * `driver_factory` is function-scoped and returns an async callable. Each call returns a new,
-  opened driver on one store that is fresh and empty for the test; two calls stand for two
+  opened driver on one store that is fresh and empty for the test. Two calls model two
   runners (or processes) sharing that store. The suite calls `setup()` itself where a test
   needs it (some tests check a store that was never set up) and calls `aclose()` on every
   driver it made. The store itself is yours to create and remove.
