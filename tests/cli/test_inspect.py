@@ -313,3 +313,15 @@ def test_lock_release_when_free(workspace: Workspace) -> None:
 
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"key": "flamingock", "released": False, "previous": None}
+
+
+# -- serve ---------------------------------------------------------------------------------
+
+
+def test_serve_group_is_mounted(workspace: Workspace) -> None:
+    listed = workspace.invoke("--help")
+    serve = workspace.invoke("serve", "--help")
+
+    assert "  serve" in listed.stdout
+    assert serve.exit_code == 0, serve.output
+    assert "--port" in serve.stdout

@@ -97,6 +97,7 @@ def test_run_with_nothing_pending_stays_light(workspace: Workspace, basic: str) 
     assert report["code"] == 0
     assert top_level & HEAVY_LIBRARIES == set()
     assert f"{basic}.changes" not in report["modules"]
+    assert "flamingock_async.backend" not in report["modules"]
 
 
 def test_wait_returns_once_another_process_applied(workspace: Workspace, basic: str) -> None:
