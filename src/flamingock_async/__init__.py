@@ -6,7 +6,9 @@ module documents otherwise (`drivers`, `testing`, `fastapi`, `cli`, `backend`).
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
 from ._audit import AuditEntry, AuditState
 from ._changes import ChangeDescriptor, Recovery, Stage, change_unit
@@ -27,11 +29,49 @@ from ._errors import (
     PipelineValidationError,
     TransactionLimitError,
 )
-from ._lock import LockSettings
-from ._planning import Action, PlannedChange, RunPlan
-from ._progress import ChangeContext, EventKind, RunEvent, RunProgress, RunReport, RunState
-from ._runner import AsyncRunner
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._lock import LockSettings
+    from ._planning import Action, PlannedChange, RunPlan
+    from ._progress import (
+        ChangeContext,
+        EventKind,
+        RunEvent,
+        RunProgress,
+        RunReport,
+        RunState,
+    )
+    from ._runner import AsyncRunner
+
+# The runner and its lock pull in anyio; they are imported on first use, so that modules
+# which only declare change units import as little as possible.
+_LAZY_NAMES = {
+    "AsyncRunner": "._runner",
+    "LockSettings": "._lock",
+    "Action": "._planning",
+    "PlannedChange": "._planning",
+    "RunPlan": "._planning",
+    "ChangeContext": "._progress",
+    "EventKind": "._progress",
+    "RunEvent": "._progress",
+    "RunProgress": "._progress",
+    "RunReport": "._progress",
+    "RunState": "._progress",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY_NAMES.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_NAMES))
 
 __all__ = [
     "__version__",

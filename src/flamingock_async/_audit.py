@@ -7,7 +7,6 @@ import enum
 import os
 import socket
 import time
-import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -23,8 +22,8 @@ def now_ms() -> int:
 
 
 def new_id() -> str:
-    """Return a new random identifier (32 hex digits)."""
-    return uuid.uuid4().hex
+    """Return a new random identifier (32 hex digits, 128 random bits)."""
+    return os.urandom(16).hex()
 
 
 class AuditState(str, enum.Enum):
