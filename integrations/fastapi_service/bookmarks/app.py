@@ -19,6 +19,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from flamingock_async import AsyncRunner, LockSettings
+from flamingock_async.drivers import driver_from_url
 from flamingock_async.fastapi import (
     FlamingockLifespan,
     Mode,
@@ -47,8 +48,10 @@ class Bookmark(NewBookmark):
 def build_runner(store_url: str) -> AsyncRunner:
     """Return the runner of this service's changes for the kind of store `store_url` names."""
     backend = backend_of(store_url)
+    # A driver passed in stays open after the run (one built from a URL would be closed), so
+    # requests can use the same database; the lifespan closes it at shutdown.
     return AsyncRunner(
-        store_url,
+        driver_from_url(store_url),
         f"bookmarks.changes.{backend}",
         lock=LockSettings(
             key="bookmarks", lease=float(os.environ.get("FLAMINGOCK_LOCK_LEASE", "30"))
