@@ -19,7 +19,7 @@ from flamingock_async import (
 )
 from flamingock_async.drivers.mongodb import MongoDriver
 
-from .conftest import MongoServer, free_port
+from .conftest import LEAKS_REFUSED_SOCKET, MongoServer, collect_refused_sockets, free_port
 
 
 def _operation_failure(cls: type[Any], code: int, message: str = "failed") -> Any:
@@ -151,12 +151,14 @@ def test_other_exception_translated() -> None:
     assert type(driver.translate_error(RuntimeError("odd"))) is DriverError
 
 
+@LEAKS_REFUSED_SOCKET
 async def test_unreachable_server_reported() -> None:
     port = free_port()
     driver = MongoDriver(f"mongodb://127.0.0.1:{port}", "orders", server_selection_timeout=0.3)
     with pytest.raises(DriverUnavailableError) as caught:
         await driver.open()
     await driver.aclose()
+    await collect_refused_sockets()
     assert f"127.0.0.1:{port}" in str(caught.value)
     assert "0.3 s" in str(caught.value)
 
@@ -195,3 +197,10 @@ async def test_wrong_credentials(mongo_server: MongoServer, database_name: str) 
         await driver.open()
     await driver.aclose()
     assert "wrong-password" not in str(caught.value)
+
+
+def test_lock_write_timeout_translated() -> None:
+    driver = MongoDriver("mongodb://db.example/orders", "orders")
+    translated = driver.translate_error(TimeoutError())
+    assert type(translated) is DriverUnavailableError
+    assert "db.example" in str(translated)

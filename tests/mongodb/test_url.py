@@ -10,7 +10,7 @@ from flamingock_async import ConfigurationError, DriverUnavailableError
 from flamingock_async.drivers import driver_from_url
 from flamingock_async.drivers.mongodb import MongoDriver, from_url
 
-from .conftest import free_port
+from .conftest import LEAKS_REFUSED_SOCKET, collect_refused_sockets, free_port
 
 
 def test_database_from_path() -> None:
@@ -95,6 +95,7 @@ def test_url_error_hides_password() -> None:
     assert "s3cret-pass" not in str(caught.value)
 
 
+@LEAKS_REFUSED_SOCKET
 async def test_unreachable_error_hides_password(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     port = free_port()
@@ -104,6 +105,7 @@ async def test_unreachable_error_hides_password(caplog: pytest.LogCaptureFixture
     with pytest.raises(DriverUnavailableError) as caught:
         await driver.open()
     await driver.aclose()
+    await collect_refused_sockets()
     assert "s3cret-pass" not in str(caught.value)
     assert "s3cret-pass" not in caplog.text
 

@@ -4,13 +4,16 @@ Storage:
 
 * the audit collection holds one document per `AuditEntry` (the fields of `to_dict()`, with a
   generated `_id`), with a unique index on `entry_id` so that a retried append is a no-op;
-* the lock collection holds one document per lock key, with `_id` set to the key. Times are
-  epoch milliseconds, so that no datetime is ever compared.
+* the lock collection holds one document per lock key, with `_id` set to the key, and a
+  fence document per key (`_id` is the key followed by `:fence`) holding the owner and epoch
+  of the current holding. Times are epoch milliseconds, so that no datetime is compared.
 
-Every lock operation is one single-document atomic write. On a replica set or a sharded
-cluster (detected from `hello`) a transactional change, its `APPLIED` entry and the fence check
-commit in one transaction. The fence check is an update of the lock document filtered by owner
-and epoch, so a runner that takes the lock over concurrently conflicts with the transaction.
+Every lock operation is a single-document atomic write; taking the lock over or releasing it
+then also rewrites the fence document. On a replica set or a sharded cluster (detected from
+`hello`) a transactional change, its `APPLIED` entry and the fence check commit in one
+transaction. The fence check updates the fence document filtered by owner and epoch, so a
+runner that takes the lock over concurrently conflicts with the transaction, while the
+holder's heartbeat, which writes only the lock document, does not.
 """
 
 from __future__ import annotations
@@ -158,6 +161,8 @@ class MongoDriver(Driver):
         self._requested_transactions = transactions
         self._transactions = False
         self._timeout = server_selection_timeout
+        # Bound for a shielded lock write: server selection, then the write and a fence update.
+        self._write_timeout = server_selection_timeout + 30.0
         self._client_options = dict(client_options or {})
         self._database: Any = None
         self._audit: Any = None
@@ -358,21 +363,64 @@ class MongoDriver(Driver):
             ) from error
 
     async def _insert_lock(self, record: LockRecord) -> bool:
+        return await self._to_completion(self._insert_lock_once, record)
+
+    async def _replace_lock(self, key: str, expected_version: int, record: LockRecord) -> bool:
+        return await self._to_completion(self._replace_lock_once, key, expected_version, record)
+
+    async def _to_completion(self, write: Callable[..., Awaitable[bool]], *args: Any) -> bool:
+        """Run a lock write to its end even if the caller is cancelled meanwhile.
+
+        A write cancelled in flight may still reach the server, and the lock manager would then
+        hold a stale version and fail to release. Shielded, the write completes and its outcome
+        is returned; the cancellation is delivered at the caller's next checkpoint.
+        """
+        with anyio.fail_after(self._write_timeout, shield=True):
+            return await write(*args)
+
+    async def _insert_lock_once(self, record: LockRecord) -> bool:
         from pymongo.errors import DuplicateKeyError
 
         try:
             await self._locks.insert_one(_lock_document(record))
         except DuplicateKeyError:
             return False
+        await self._publish_fence(record)
         return True
 
-    async def _replace_lock(self, key: str, expected_version: int, record: LockRecord) -> bool:
+    async def _replace_lock_once(self, key: str, expected_version: int, record: LockRecord) -> bool:
+        from pymongo import ReturnDocument
+
         # A compare-and-set on the version alone: every write increments it, so a match proves
         # that nobody wrote the record since the caller read it.
-        result = await self._locks.replace_one(
-            {"_id": key, "version": expected_version}, _lock_document(record)
+        before = await self._locks.find_one_and_replace(
+            {"_id": key, "version": expected_version},
+            _lock_document(record),
+            return_document=ReturnDocument.BEFORE,
         )
-        return bool(result.matched_count == 1)
+        if before is None:
+            return False
+        if before.get("owner") != record.owner or before.get("epoch") != record.epoch:
+            await self._publish_fence(record)
+        return True
+
+    async def _publish_fence(self, record: LockRecord) -> None:
+        """Copy the holder's owner and epoch to the fence document of the lock.
+
+        The fence document changes only when the lock changes hands, never on a renewal, so a
+        transaction that writes it conflicts with a takeover but not with the holder's own
+        heartbeat. The epoch filter keeps a delayed publication from overwriting a newer one.
+        """
+        from pymongo.errors import DuplicateKeyError
+
+        try:
+            await self._locks.update_one(
+                {"_id": _fence_id(record.key), "epoch": {"$lte": record.epoch}},
+                {"$set": {"owner": record.owner, "epoch": record.epoch}},
+                upsert=True,
+            )
+        except DuplicateKeyError:
+            return  # a later acquisition already published a higher epoch
 
     # -- audit log ---------------------------------------------------------------------------
 
@@ -434,9 +482,15 @@ class MongoDriver(Driver):
             return  # the entry was stored by an earlier attempt
 
     async def _check_fence(self, fence: Fence, session: Any) -> None:
-        """Fail unless the lock carries the fence, writing to it so a takeover conflicts."""
+        """Fail unless the lock carries the fence, writing its fence document in `session`.
+
+        The write makes a takeover that commits after the transaction started conflict with
+        the transaction, which then retries and finds the fence gone.
+        """
         result = await self._locks.update_one(
-            _fence_filter(fence), {"$inc": {"fenced_writes": 1}}, session=session
+            {"_id": _fence_id(fence.key), "owner": fence.owner, "epoch": fence.epoch},
+            {"$inc": {"fenced_writes": 1}},
+            session=session,
         )
         if result.matched_count != 1:
             raise await self._lock_lost(fence)
@@ -548,6 +602,11 @@ class MongoDriver(Driver):
                 f"{self._timeout:g} s ({_first_line(error)}); check the host, port and network, "
                 "or raise server_selection_timeout."
             )
+        if isinstance(error, TimeoutError):
+            return DriverUnavailableError(
+                f"A lock write to {where} did not finish within {self._write_timeout:g} s; "
+                "check the health of the server."
+            )
         if isinstance(error, errors.ConnectionFailure):
             return DriverUnavailableError(
                 f"The connection to {where} failed ({type(error).__name__}: "
@@ -614,6 +673,10 @@ def _lock_document(record: LockRecord) -> dict[str, Any]:
     document = record.to_dict()
     document["_id"] = document.pop("key")
     return document
+
+
+def _fence_id(key: str) -> str:
+    return f"{key}:fence"
 
 
 def _fence_filter(fence: Fence) -> dict[str, Any]:
