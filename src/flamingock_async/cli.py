@@ -14,8 +14,10 @@ Exit codes, also listed by `flamingock --help`:
 * 4: lock not acquired: another runner held the lock past `--lock-wait-timeout`;
 * 5: `wait` timed out with changes still pending.
 
-The module keeps its start-up light: `flamingock run` with nothing pending imports click, the
-core and the one driver the URL names, and nothing else (no rich, no pydantic).
+The module keeps its start-up light: `flamingock run` with nothing pending, for changes given
+as a package or module, imports click, the core and the one driver the URL names, and neither
+rich nor pydantic. A pipeline file also needs PyYAML, and the pipeline loader imports the
+modules and templates it names (the `sql` template uses pydantic).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -142,11 +145,13 @@ class Settings:
         """Remove the store URL's password and tokens from `text`, wherever they appear.
 
         Drivers redact the URLs they put in messages, but a message may quote a part of
-        the URL, so every secret of the URL is replaced on its own too.
+        the URL, so every secret of the URL is replaced on its own too. Secrets shorter
+        than three characters are replaced only as part of the whole URL, because replacing
+        them everywhere would garble the text.
         """
         if not self.store:
             return text
-        text = text.replace(self.store, redact_url(self.store))
+        text = text.replace(self.store, _masked_url(self.store))
         for secret in _url_secrets(self.store):
             text = text.replace(secret, "***")
         return text
@@ -168,6 +173,11 @@ def module_name_of(changes: str) -> str:
     if not (os.path.isdir(path) or (path.endswith(".py") and os.path.isfile(path))):
         return changes
     relative = os.path.relpath(os.path.abspath(path), os.getcwd())
+    if relative == os.curdir:
+        raise ConfigurationError(
+            f"The changes path {changes!r} is the current directory; give the package "
+            "folder inside it (for example myapp/changes) or its dotted module name."
+        )
     if relative.startswith(os.pardir):
         raise ConfigurationError(
             f"The changes path {changes!r} is outside the current directory, so it cannot be "
@@ -406,7 +416,24 @@ def _echo_json(settings: Settings, data: Any) -> None:
 
 
 def _make_driver(settings: Settings) -> Driver:
-    return driver_from_url(settings.require_store())
+    url = settings.require_store()
+    try:
+        return driver_from_url(url)
+    except ConfigurationError:
+        raise
+    except ValueError as error:  # urllib rejects the URL, for example an invalid port
+        raise ConfigurationError(
+            f"Invalid store URL {_masked_url(url)!r}: {error}; check the host, the port and "
+            "any brackets (for example sqlite:///app.db or mongodb://host:27017/db)."
+        ) from error
+
+
+def _masked_url(url: str) -> str:
+    """Return `url` redacted, or with everything before '@' masked when urllib rejects it."""
+    try:
+        return redact_url(url)
+    except ValueError:
+        return re.sub(r"//[^/@]*@", "//***@", url)
 
 
 async def _with_driver(settings: Settings, use: Callable[[Driver], Awaitable[T]]) -> T:

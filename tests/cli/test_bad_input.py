@@ -12,6 +12,7 @@ BAD_URLS = [
     ("sqlite:///missing-folder/app.db", "does not exist"),
     ("nosuch://somewhere/x", "Unsupported store URL 'nosuch://somewhere/x'"),
     ("app.db", "Unsupported store URL 'app.db'"),
+    ("https://[unclosed/x", "Invalid store URL 'https://[unclosed/x': Invalid IPv6 URL"),
 ]
 
 STORE_COMMANDS = [
@@ -158,6 +159,7 @@ def test_unknown_command(workspace: Workspace) -> None:
         "nosuch://admin:s3cret-pw@127.0.0.1/x",
         "https://admin:s3cret-pw@127.0.0.1:1/?environment=e&service=s",
         "mongodb://admin:s3cret-pw@127.0.0.1:1/db?bogus=1",
+        "https://admin:s3cret-pw@[unclosed/x",
     ],
 )
 def test_password_never_printed(workspace: Workspace, url: str) -> None:
