@@ -372,6 +372,17 @@ async def test_write_before_setup_names_setup(database: Path) -> None:
     assert "setup()" in str(raised.value)
 
 
+async def test_file_not_a_database(database: Path) -> None:
+    await anyio.Path(database).write_text("name,value\n" * 200)
+
+    async with SQLiteDriver(database) as driver:
+        with pytest.raises(DriverError) as raised:
+            await driver.read_states()
+
+    assert "is not an SQLite database" in str(raised.value)
+    assert str(database) in str(raised.value)
+
+
 async def test_append_duplicate_with_stale_fence(driver: SQLiteDriver) -> None:
     old = await hold_lock(driver, "k", "runner-a")
     entry = make_entry("a", epoch=old.epoch, sequence=1)
@@ -446,6 +457,25 @@ async def test_transaction_commit_method_rejected(driver: SQLiteDriver) -> None:
         await driver.run_in_transaction(fence, body, lambda: make_entry("a", epoch=1, sequence=1))
 
     assert "COMMIT" in str(raised.value)
+
+
+async def test_transaction_executescript_rejected(driver: SQLiteDriver, database: Path) -> None:
+    """executescript() commits an open transaction before it runs, so it is rejected."""
+    fence = await hold_lock(driver, "k", "runner-a")
+
+    async def body(connection: Any) -> None:
+        await connection.execute("CREATE TABLE before_script (x INTEGER)")
+        await connection.executescript("CREATE TABLE scripted (x INTEGER);")
+
+    with pytest.raises(DriverError) as raised:
+        await driver.run_in_transaction(fence, body, lambda: make_entry("a", epoch=1, sequence=1))
+
+    assert "executescript()" in str(raised.value)
+    assert isinstance(raised.value.__cause__, sqlite3.DatabaseError)
+    with raw_connection(database) as connection:
+        names = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+    assert "before_script" not in names
+    assert "scripted" not in names
 
 
 async def test_transaction_savepoint_allowed(driver: SQLiteDriver) -> None:

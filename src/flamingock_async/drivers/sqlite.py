@@ -161,7 +161,7 @@ class SQLiteDriver(Driver):
         self._target: aiosqlite.Connection | None = None
         self._transaction_connection: aiosqlite.Connection | None = None
         self._open_transaction: _OpenTransaction | None = None
-        self._commit_denied: str | None = None
+        self._denied_statements: list[str] = []
 
     # -- capabilities ------------------------------------------------------------------------
 
@@ -217,19 +217,29 @@ class SQLiteDriver(Driver):
         self._target = connection
 
     async def _connect_all(self) -> None:
-        self._main = await self._connect()
-        if self.path == MEMORY:
-            self._target = self._main
-            return
-        self._target = await self._connect()
-        self._transaction_connection = await self._connect()
+        try:
+            self._main = await self._connect()
+            if self.path == MEMORY:
+                self._target = self._main
+                return
+            self._target = await self._connect()
+            self._transaction_connection = await self._connect()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._aclose()
+            raise
 
     async def _connect(self) -> aiosqlite.Connection:
         module = _import_aiosqlite()
         connection: aiosqlite.Connection = await module.connect(
             self.path, timeout=self.busy_timeout, isolation_level=None
         )
-        await connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        try:
+            await connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await connection.close()
+            raise
         return connection
 
     async def _aclose(self) -> None:
@@ -494,14 +504,16 @@ class SQLiteDriver(Driver):
         return self._transaction_connection
 
     async def _run_body(self, connection: aiosqlite.Connection, body: TransactionBody) -> None:
-        self._commit_denied = None
+        self._denied_statements.clear()
         await connection.set_authorizer(self._authorize_in_body)
         try:
             await body(connection)
         except ChangeBodyFailed as failure:
-            if self._commit_denied is None:
+            if not self._denied_statements:
                 raise
-            raise ChangeBodyFailed(self._transaction_control_error()) from failure.error
+            error = self._transaction_control_error()
+            error.__cause__ = failure.error
+            raise ChangeBodyFailed(error) from failure.error
         finally:
             with anyio.CancelScope(shield=True):
                 await connection.set_authorizer(None)
@@ -509,16 +521,18 @@ class SQLiteDriver(Driver):
     def _authorize_in_body(self, action: int, *args: object) -> int:
         """Reject `BEGIN`, `COMMIT` and `ROLLBACK` issued by a change's own code."""
         if action == sqlite3.SQLITE_TRANSACTION:
-            self._commit_denied = str(args[0])
+            self._denied_statements.append(str(args[0]))
             return sqlite3.SQLITE_DENY
         return sqlite3.SQLITE_OK
 
     def _transaction_control_error(self) -> DriverError:
         return DriverError(
-            f"A transactional change ran {self._commit_denied} on the connection of its "
-            "transaction; flamingock-async commits or rolls back that transaction together "
-            "with the audit entry, so remove that statement, or declare the change "
-            "transactional=False to manage transactions yourself."
+            f"A transactional change ran {self._denied_statements[0]} on the connection of its "
+            "transaction (directly, through commit() or rollback(), or through "
+            "executescript(), which commits first). flamingock-async commits that "
+            "transaction together with the audit entry, so run each statement with "
+            "execute(), or declare the change transactional=False to manage transactions "
+            "yourself."
         )
 
     async def _finish_transaction(
@@ -626,6 +640,11 @@ class SQLiteDriver(Driver):
         if isinstance(error, sqlite3.OperationalError) and "no such table" in message:
             return DriverError(
                 f"{self.describe()} has no flamingock tables ({message}); call setup() first."
+            )
+        if isinstance(error, sqlite3.DatabaseError) and "not a database" in message:
+            return DriverError(
+                f"The file {self.path} is not an SQLite database ({message}); give the path of "
+                "an SQLite database or of a file that does not exist yet."
             )
         return DriverError(f"{self.describe()}: {type(error).__name__}: {message}")
 
