@@ -712,13 +712,13 @@ def _explain_transaction_rejection(carrier: ChangeBodyFailed) -> ChangeBodyFaile
     rejected = code == _NOT_IN_TRANSACTION or "in a multi-document transaction" in text
     if not rejected or _has_label(error, "TransientTransactionError"):
         return carrier
-    return ChangeBodyFailed(
-        DriverError(
-            f"MongoDB rejected a command of the change inside its transaction "
-            f"({_first_line(error)}); creating or dropping collections and indexes cannot run "
-            "in a transaction here, so declare the change with transactional=False."
-        )
+    explained = DriverError(
+        f"MongoDB rejected a command of the change inside its transaction "
+        f"({_first_line(error)}); creating or dropping collections and indexes cannot run "
+        "in a transaction here, so declare the change with transactional=False."
     )
+    explained.__cause__ = error
+    return ChangeBodyFailed(explained)
 
 
 def from_url(url: str) -> MongoDriver:
