@@ -308,3 +308,44 @@ def test_changes_path_outside_cwd(workspace: Workspace, basic: str) -> None:
     assert result.exit_code == 2
     assert "outside the current directory" in result.stderr
     assert not workspace.store_file.exists()
+
+
+def test_history_keeps_failed_transactional_attempt(workspace: Workspace) -> None:
+    """A transactional change that failed is aborted, applied by the next run, and both show."""
+    package = workspace.package(
+        """
+        import os
+
+        from flamingock_async import change_unit
+
+
+        @change_unit(id="create-orders", order="0001", author="tests")
+        class CreateOrders:
+            async def execute(self, connection) -> None:
+                await connection.execute("CREATE TABLE orders (id INTEGER)")
+                if os.path.exists("broken"):
+                    raise RuntimeError("disk quota exceeded")
+        """
+    )
+    (workspace.path / "broken").touch()
+    failed = workspace.invoke("run", "--store", workspace.store, "--changes", package)
+    tables_after_failure = table_rows(
+        workspace.store_file, "SELECT count(*) FROM sqlite_master WHERE name = 'orders'"
+    )
+    (workspace.path / "broken").unlink()
+
+    fixed = workspace.invoke("run", "--store", workspace.store, "--changes", package)
+    history = workspace.invoke("history", "--json", "--store", workspace.store)
+
+    assert failed.exit_code == 1
+    assert tables_after_failure == [(0,)]
+    assert fixed.exit_code == 0, fixed.output
+    states = [entry["state"] for entry in json.loads(history.stdout)["entries"]]
+    assert states == ["FAILED", "APPLIED"]
+
+
+def test_group_verbose_option(workspace: Workspace, basic: str) -> None:
+    result = workspace.invoke("-v", "run", "--store", workspace.store, "--changes", basic)
+
+    assert result.exit_code == 0, result.output
+    assert "Applied change create-items" in result.stderr
