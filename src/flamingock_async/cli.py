@@ -80,8 +80,8 @@ STORE_HELP = (
     "https://backend."
 )
 CHANGES_HELP = (
-    "The pipeline: a package or module name (every change unit in it, recursively) or a "
-    "pipeline file (.yaml)."
+    "The pipeline: a package or module name (every change unit in it, recursively), its "
+    "folder or file under the current directory (myapp/changes), or a pipeline file (.yaml)."
 )
 
 _MARK_STATES = {
@@ -258,6 +258,8 @@ def _lock_options(function: Callable[..., Any]) -> Callable[..., Any]:
         type=click.FloatRange(min=0),
         default=_DEFAULT_LOCK.wait_timeout,
         show_default=True,
+        envvar="FLAMINGOCK_LOCK_WAIT_TIMEOUT",
+        show_envvar=True,
         metavar="SECONDS",
         help="How long to wait for another runner's lock before exiting with code 4.",
     )(function)
@@ -266,6 +268,8 @@ def _lock_options(function: Callable[..., Any]) -> Callable[..., Any]:
         type=click.FloatRange(min=0.3),
         default=_DEFAULT_LOCK.lease,
         show_default=True,
+        envvar="FLAMINGOCK_LOCK_LEASE",
+        show_envvar=True,
         metavar="SECONDS",
         help="How long the lock outlives this process if it dies; renewed every third of it.",
     )(function)

@@ -349,3 +349,20 @@ def test_group_verbose_option(workspace: Workspace, basic: str) -> None:
 
     assert result.exit_code == 0, result.output
     assert "Applied change create-items" in result.stderr
+
+
+def test_lock_options_from_environment(workspace: Workspace, basic: str) -> None:
+    result = workspace.invoke(
+        "run",
+        "--store",
+        workspace.store,
+        "--changes",
+        basic,
+        FLAMINGOCK_LOCK_KEY="billing",
+        FLAMINGOCK_LOCK_LEASE="12.5",
+        FLAMINGOCK_LOCK_WAIT_TIMEOUT="3",
+    )
+
+    assert result.exit_code == 0, result.output
+    rows = table_rows(workspace.store_file, "SELECT key, lease_ms FROM flamingock_lock")
+    assert rows == [("billing", 12500)]
