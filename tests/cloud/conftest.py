@@ -71,7 +71,7 @@ def server_environment(data_dir: Path) -> dict[str, str]:
 
 
 def start_backend(data_dir: Path, log_file: Path, *extra: str) -> Backend:
-    """Start `python -m flamingock_async.backend` and wait until /api/v1/health answers."""
+    """Start `python -m flamingock_async.backend` and wait until /api/v1/health responds."""
     port = free_port()
     command = [sys.executable, "-m", "flamingock_async.backend"]
     command += [*extra, "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"]

@@ -3,9 +3,9 @@
 Usage: python runner_worker.py MODE STORE_URL OUTPUT_FILE
 
 The API token comes from FLAMINGOCK_API_TOKEN, as in production. The process prints
-"ready", waits for a line on stdin (the start signal that lets every process begin at the
-same moment), runs an `AsyncRunner` on the cloud store URL and prints one JSON line: the
-run's report, or the type, change id and message of the error it raised. Every change
+"ready" and waits for a line on stdin, the start signal that lets every process begin at
+the same moment. Then it runs an `AsyncRunner` on the cloud store URL and prints one JSON
+line: the run's report, or the type, change id and message of the error it raised. Every change
 appends "CHANGE_ID PID" to OUTPUT_FILE when it runs, so the test can count applications.
 Modes:
 

@@ -22,8 +22,8 @@ from .conftest import JWT_SECRET, Backend, Service, cloud_driver, free_port
 class FlakyTransport(httpx.AsyncBaseTransport):
     """Forwards to the real backend after injecting faults into the first requests.
 
-    `faults` lists, in order, what each of the first requests gets instead of a real answer:
-    "connect" raises `httpx.ConnectError`, an int answers that status with a JSON error body
+    `faults` lists, in order, what each of the first requests gets instead of a real response.
+    "connect" raises `httpx.ConnectError`. An int is the status of a JSON error response,
     whose `retryable` is True for 503.
     """
 
@@ -212,3 +212,8 @@ def test_revoke_unknown_token_fails(cli: Callable[..., str]) -> None:
 def test_create_invalid_name_fails(cli: Callable[..., str]) -> None:
     with pytest.raises(RuntimeError, match="Invalid service name"):
         cli("token", "create", "--environment", "prod", "--service", "bad name")
+
+
+def test_invalid_runner_id_rejected() -> None:
+    with pytest.raises(ConfigurationError, match="runner id"):
+        CloudDriver("https://h", environment="e", service="s", api_token="t", runner_id="two words")

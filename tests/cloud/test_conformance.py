@@ -22,19 +22,19 @@ class TestCloudConformance(DriverConformance):
 
 
 class TestCloudTwoBackendsConformance(DriverConformance):
-    """Drivers made one after the other talk to two backend processes sharing one store."""
+    """Drivers created one after the other talk to two backend processes sharing one store."""
 
     @pytest.fixture
     def driver_factory(
         self, backend: Backend, second_backend: Backend, service: Service
     ) -> DriverFactory:
         urls = [backend.url, second_backend.url]
-        made = 0
+        created = 0
 
         async def make_driver() -> Driver:
-            nonlocal made
-            driver = cloud_driver(urls[made % 2], service)
-            made += 1
+            nonlocal created
+            driver = cloud_driver(urls[created % 2], service)
+            created += 1
             await driver.open()
             return driver
 

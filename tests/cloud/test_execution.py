@@ -58,14 +58,14 @@ async def record_state(driver: CloudDriver, change_id: str, state: AuditState) -
 
 @pytest.fixture
 async def runners(backend: Backend, service: Service) -> AsyncIterator[Callable[[], CloudDriver]]:
-    made: list[CloudDriver] = []
+    created: list[CloudDriver] = []
 
     def make() -> CloudDriver:
-        made.append(cloud_driver(backend.url, service))
-        return made[-1]
+        created.append(cloud_driver(backend.url, service))
+        return created[-1]
 
     yield make
-    for driver in made:
+    for driver in created:
         await driver.aclose()
 
 

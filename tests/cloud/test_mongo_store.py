@@ -93,7 +93,7 @@ def mongo_service(mongo_data_dir: Path, mongo_backends: list[Backend]) -> Servic
 
 
 class TestCloudOnMongoConformance(DriverConformance):
-    """Drivers made one after the other alternate between the two backend processes."""
+    """Drivers created one after the other alternate between the two backend processes."""
 
     contenders = 6
     concurrent_attempts = 10
@@ -102,12 +102,12 @@ class TestCloudOnMongoConformance(DriverConformance):
     def driver_factory(
         self, mongo_backends: list[Backend], mongo_service: Service
     ) -> DriverFactory:
-        made = 0
+        created = 0
 
         async def make_driver() -> Driver:
-            nonlocal made
-            driver = cloud_driver(mongo_backends[made % 2].url, mongo_service)
-            made += 1
+            nonlocal created
+            driver = cloud_driver(mongo_backends[created % 2].url, mongo_service)
+            created += 1
             await driver.open()
             return driver
 

@@ -77,14 +77,14 @@ class DuplicateId:
 
 @pytest.fixture
 async def drivers(backend: Backend, service: Service) -> AsyncIterator[Callable[[], CloudDriver]]:
-    made: list[CloudDriver] = []
+    created: list[CloudDriver] = []
 
     def make() -> CloudDriver:
-        made.append(cloud_driver(backend.url, service))
-        return made[-1]
+        created.append(cloud_driver(backend.url, service))
+        return created[-1]
 
     yield make
-    for driver in made:
+    for driver in created:
         await driver.aclose()
 
 

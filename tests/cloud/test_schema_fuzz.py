@@ -1,4 +1,4 @@
-"""The served OpenAPI schema fuzzed with the schemathesis command: no 5xx, documented answers.
+"""The served OpenAPI schema fuzzed with the schemathesis command: no 5xx, documented responses.
 
 Requests carry a valid bearer token and the real environment and service names, so that
 generated bodies reach the handlers rather than stopping at authentication. The run is
@@ -19,9 +19,9 @@ from .conftest import Backend, Service
 
 MAX_EXAMPLES = 20
 
-# `positive_data_acceptance` stays off: a body can fit the schema and still break a protocol
-# rule that the schema cannot express (a record whose key differs from the path, a release
-# by a runner that is not the owner), and those are rejected on purpose with 409 or 422.
+# `positive_data_acceptance` stays off because a body can fit the schema and still break a
+# protocol rule that the schema cannot express. Examples are a record whose key differs from
+# the path, or a release by a runner that is not the owner; both are rejected with 409 or 422.
 CONFIG = """
 [parameters]
 "path.environment" = "{environment}"

@@ -52,9 +52,33 @@ logger = logging.getLogger(__name__)
 
 RUNNER_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 
+PROTOCOL_DESCRIPTION = """
+A runner exchanges its API token at `POST /api/v1/auth/exchange-token` for a short-lived
+bearer token limited to one environment and service. Every other request sends
+`Authorization: Bearer TOKEN` and an `X-Flamingock-Runner-Id` header.
+
+**Planning.** `POST .../execution` returns `CONTINUE` (nothing to do), `EXECUTE` (an
+execution id, a lock grant, and `APPLY`, `SKIP` or `MANUAL_INTERVENTION` per change), `AWAIT`
+(another runner holds the lock) or `ABORT` (the pipeline is invalid). After `AWAIT`, the
+runner asks again with the acquisition id it was shown and the milliseconds it has waited
+on its own clock. It takes over only when that acquisition id is still current and the
+wait is longer than the lease, so the backend never compares clocks of two machines.
+
+**Lock.** Every write to a lock increments its version and changes its acquisition id. Each
+acquisition increments its epoch. `PUT .../lock/{key}` is a compare-and-set on the version
+(insert when `expected_version` is null). Extend and release succeed only for the owner.
+
+**Audit.** `POST .../execution/{execution_id}/change/{change_id}/audit` appends an entry only
+while the fence (lock key, owner, epoch) still holds the lock, and responds 409 `LOCK_LOST`
+otherwise. Sending the same `entry_id` again stores nothing new.
+
+**Errors** are JSON `{code, message, retryable}`. Requests may be repeated safely: a
+compare-and-set that finds its own record already stored reports `applied: true`.
+"""
+
 
 class ApiError(Exception):
-    """An error answer: HTTP status, a stable code, a message and whether to retry."""
+    """An error response: HTTP status, a stable code, a message and whether to retry."""
 
     def __init__(self, status: int, code: str, message: str, *, retryable: bool = False) -> None:
         super().__init__(message)
@@ -128,7 +152,7 @@ class _Backend:
 
 
 class BodySizeLimit:
-    """Answer 413 to any request whose body exceeds `max_bytes`, before the app reads it."""
+    """Respond 413 to any request whose body exceeds `max_bytes`, before the app reads it."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -197,6 +221,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         title="Flamingock runner API",
         version=__version__,
         summary="Planning, lease locks and audit logs for flamingock-async runners, protocol 1.",
+        description=PROTOCOL_DESCRIPTION,
         lifespan=lifespan,
     )
     _install_error_handlers(app)
@@ -223,7 +248,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         if error.status_code == 400:
-            # Starlette answers 400 to a body it cannot decode; it is one more invalid request.
+            # Starlette responds 400 to a body it cannot decode, which is one more invalid request.
             return _error_response(
                 422, "INVALID_REQUEST", f"The request is invalid: {error.detail}."
             )
@@ -297,7 +322,7 @@ def _backend_of(request: Request) -> _Backend:
     return backend
 
 
-async def caller(
+async def authenticate(
     request: Request,
     environment: EnvironmentName,
     service: ServiceName,
@@ -330,7 +355,7 @@ async def caller(
     return _Caller(backend, claims, runner_id)
 
 
-Caller = Annotated[_Caller, Depends(caller)]
+Caller = Annotated[_Caller, Depends(authenticate)]
 base = "/api/v1/environment/{environment}/service/{service}"
 
 
@@ -397,10 +422,10 @@ async def exchange_token(
     responses=_AUTH_ERRORS,
     tags=["execution"],
 )
-async def request_execution(body: ExecutionRequest, who: Caller) -> ExecutionResponse:
+async def request_execution(body: ExecutionRequest, caller: Caller) -> ExecutionResponse:
     """Plan a run: CONTINUE, EXECUTE with a lock grant, AWAIT another runner, or ABORT."""
-    async with who.backend.driver(who.claims) as driver:
-        return await _service.plan_execution(driver, body, who.runner_id)
+    async with caller.backend.driver(caller.claims) as driver:
+        return await _service.plan_execution(driver, body, caller.runner_id)
 
 
 @router.post(
@@ -413,7 +438,7 @@ async def append_audit(
     execution_id: Annotated[str, Path(min_length=1, max_length=200)],
     change_id: Annotated[str, Path(min_length=1, max_length=200)],
     body: AppendRequest,
-    who: Caller,
+    caller: Caller,
 ) -> AppendResponse:
     """Append an audit entry if the fence is still the lock's holder; idempotent by entry_id."""
     if (body.entry.execution_id, body.entry.change_id) != (execution_id, change_id):
@@ -424,7 +449,7 @@ async def append_audit(
         )
     entry = AuditEntry.from_dict(body.entry.model_dump())
     fence = Fence(body.fence.key, body.fence.owner, body.fence.epoch)
-    async with who.backend.driver(who.claims) as driver:
+    async with caller.backend.driver(caller.claims) as driver:
         await driver.append_audit(entry, fence)
     return AppendResponse()
 
@@ -435,9 +460,9 @@ async def append_audit(
     responses=_AUTH_ERRORS,
     tags=["audit"],
 )
-async def audit_states(who: Caller) -> EntriesResponse:
+async def audit_states(caller: Caller) -> EntriesResponse:
     """Return the newest audit entry of each change of the service."""
-    async with who.backend.driver(who.claims) as driver:
+    async with caller.backend.driver(caller.claims) as driver:
         entries = await driver.read_states()
     return _entries(entries)
 
@@ -449,11 +474,11 @@ async def audit_states(who: Caller) -> EntriesResponse:
     tags=["audit"],
 )
 async def audit_history(
-    who: Caller,
+    caller: Caller,
     change_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
 ) -> EntriesResponse:
     """Return the service's audit history (or one change's), oldest first."""
-    async with who.backend.driver(who.claims) as driver:
+    async with caller.backend.driver(caller.claims) as driver:
         entries = await driver.read_history(change_id)
     return _entries(entries)
 
@@ -464,9 +489,9 @@ async def audit_history(
     responses=_AUTH_ERRORS,
     tags=["lock"],
 )
-async def get_lock(key: LockKey, who: Caller) -> LockView:
+async def get_lock(key: LockKey, caller: Caller) -> LockView:
     """Return the lock record of `key` and its current acquisition id."""
-    async with who.backend.driver(who.claims) as driver:
+    async with caller.backend.driver(caller.claims) as driver:
         record = await driver.read_lock(key)
     return _lock_view(record)
 
@@ -478,7 +503,7 @@ async def get_lock(key: LockKey, who: Caller) -> LockView:
     tags=["lock"],
 )
 async def compare_and_set_lock(
-    key: LockKey, body: CompareAndSetRequest, who: Caller
+    key: LockKey, body: CompareAndSetRequest, caller: Caller
 ) -> CompareAndSetResponse:
     """Insert the record if absent, or replace it if its version is `expected_version`."""
     if body.record.key != key:
@@ -491,7 +516,7 @@ async def compare_and_set_lock(
             f"The new version {body.record.version} must be greater than {expected}.",
         )
     record = LockRecord.from_dict(body.record.model_dump())
-    async with who.backend.driver(who.claims) as driver:
+    async with caller.backend.driver(caller.claims) as driver:
         applied, current = await _service.compare_and_set(driver, key, expected, record)
     return CompareAndSetResponse(applied=applied, lock=_lock_model(current))
 
@@ -502,9 +527,9 @@ async def compare_and_set_lock(
     responses=_errors(401, 403, 404, 409, 413, 422, 503),
     tags=["lock"],
 )
-async def extend_lock(key: LockKey, body: ExtendRequest, who: Caller) -> LockGrant:
-    """Extend the lease of its owner; the answer carries a new acquisition id."""
-    async with who.backend.driver(who.claims) as driver:
+async def extend_lock(key: LockKey, body: ExtendRequest, caller: Caller) -> LockGrant:
+    """Extend the lease of its owner; the response carries a new acquisition id."""
+    async with caller.backend.driver(caller.claims) as driver:
         return await _service.extend(driver, key, body.owner, body.acquisition_id)
 
 
@@ -514,9 +539,9 @@ async def extend_lock(key: LockKey, body: ExtendRequest, who: Caller) -> LockGra
     responses=_errors(401, 403, 404, 409, 413, 422, 503),
     tags=["lock"],
 )
-async def release_lock(key: LockKey, body: ReleaseRequest, who: Caller) -> ReleaseResponse:
+async def release_lock(key: LockKey, body: ReleaseRequest, caller: Caller) -> ReleaseResponse:
     """Free the lock if the caller names its owner and epoch."""
-    async with who.backend.driver(who.claims) as driver:
+    async with caller.backend.driver(caller.claims) as driver:
         await _service.release(driver, key, body.owner, body.epoch)
     return ReleaseResponse()
 

@@ -3,6 +3,9 @@
 They live in one SQLite database, `backend.db` in the data directory. Several backend
 processes may share it: the schema is created with `IF NOT EXISTS`, rows are inserted with
 `INSERT OR IGNORE` and then read back, and SQLite's busy timeout serialises writers.
+
+NOTE: these tables are always SQLite, even when the audit logs and locks are in MongoDB or
+DynamoDB, so backend processes on several machines need this file on storage they share.
 """
 
 from __future__ import annotations

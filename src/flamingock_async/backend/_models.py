@@ -1,8 +1,8 @@
 """Request and response bodies of protocol version 1, validated by pydantic.
 
-Integers are bounded to signed 64 bits and strings to a few kilobytes so that every valid
-body fits every store; the request size limit bounds the total. Integers and booleans are
-strict: `1.0` is not an integer and `0` is not a boolean.
+Integers are bounded to signed 64 bits and strings to a few kilobytes, so every valid body
+fits every store. The request size limit bounds the total. Integers and booleans are strict,
+so `1.0` is not an integer and `0` is not a boolean.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class _Strict(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """Every error answer: what failed and whether the same request may succeed later."""
+    """Every error response: what failed and whether the same request may succeed later."""
 
     code: str = Field(examples=["LOCK_LOST"])
     message: str
@@ -233,11 +233,11 @@ class ExecutionRequest(_Strict):
     lock_key: Id = "flamingock"
     lease_ms: Annotated[StrictInt, Field(ge=300, le=86_400_000)] = 30_000
     last_acquisition_id: Id | None = Field(
-        default=None, description="The acquisition id of the previous AWAIT answer."
+        default=None, description="The acquisition id of the previous AWAIT response."
     )
     elapsed_ms: Count | None = Field(
         default=None,
-        description="Milliseconds since that AWAIT answer, measured on the runner's own clock.",
+        description="Milliseconds since that AWAIT response, measured on the runner's own clock.",
     )
     host: Text = ""
     pid: Count = 0

@@ -73,7 +73,7 @@ async def compare_and_set(
 ) -> tuple[bool, LockRecord | None]:
     """Insert (`expected_version` None) or replace the record; return `(applied, current)`.
 
-    A request that is sent again after its answer was lost finds its own record stored and
+    A request that is sent again after its response was lost finds its own record stored and
     counts as applied: versions only grow, so an equal record can only be that write.
     """
     if expected_version is None:
@@ -249,7 +249,7 @@ async def extend(driver: Driver, key: str, owner: str, acquisition: str) -> Lock
     """Extend the lease of `owner`; the quoted acquisition id must be of its current epoch.
 
     Matching on the epoch rather than the whole id lets a runner repeat an extension whose
-    answer it lost.
+    response it lost.
     """
     current = await driver.read_lock(key)
     if current is None or current.owner != owner or not acquisition.startswith(f"{current.epoch}-"):

@@ -12,7 +12,7 @@ operation of the driver contract onto one request:
 | `read_history` | `GET .../audit/history` |
 | `append_audit` | `POST .../execution/{execution_id}/change/{change_id}/audit` (fenced) |
 
-Every request is idempotent, so connection errors and answers marked `retryable` are retried
+Every request is idempotent, so connection errors and responses marked `retryable` are retried
 with exponential backoff and full jitter. The API token is kept out of `repr`, `describe()`
 and every log line.
 """
@@ -23,6 +23,7 @@ import ipaddress
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -58,6 +59,7 @@ API_PREFIX = "/api/v1"
 # Seconds before the bearer token's expiry at which it is exchanged again.
 _REFRESH_MARGIN = 30.0
 _LOOPBACK_NAMES = {"localhost"}
+_RUNNER_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
 
 
 class _Secret:
@@ -86,7 +88,7 @@ def _import_httpx() -> Any:
 
 
 class _ApiError(Exception):
-    """An error answer of the backend: `{code, message, retryable}` and the HTTP status."""
+    """An error response of the backend: `{code, message, retryable}` and the HTTP status."""
 
     def __init__(self, status: int, code: str, message: str, retryable: bool) -> None:
         super().__init__(f"{status} {code}: {message}")
@@ -102,9 +104,10 @@ class CloudDriver(Driver):
     `base_url` is `https://HOST[:PORT][/PATH]`; plain `http://` is accepted only for loopback
     addresses. The API token comes from `api_token` or the `FLAMINGOCK_API_TOKEN`
     environment variable. `verify` is passed to httpx (a CA bundle path, an `SSLContext`,
-    or False to switch verification off). `max_attempts` bounds the tries of one request;
-    the pause before try n is a random time up to `backoff * 2 ** n` seconds, capped at
-    `max_backoff`.
+    or False to switch verification off). `max_attempts` bounds the tries of one request,
+    and the pause after failed try n is a random time up to `backoff * 2 ** n` seconds,
+    capped at `max_backoff`. `runner_id` names this runner in the `X-Flamingock-Runner-Id`
+    header (letters, digits, `.`, `_`, `:` or `-`). A `client` passed in is not closed.
     """
 
     name = "cloud"
@@ -126,6 +129,7 @@ class CloudDriver(Driver):
     ) -> None:
         super().__init__()
         self.base_url = _check_base_url(base_url)
+
         if not environment or not service:
             raise ConfigurationError(
                 f"The cloud driver for {self.base_url} needs an environment and a service; "
@@ -139,6 +143,12 @@ class CloudDriver(Driver):
             )
         if max_attempts < 1:
             raise ConfigurationError(f"max_attempts must be at least 1, got {max_attempts}.")
+        if runner_id is not None and not _RUNNER_ID.match(runner_id):
+            raise ConfigurationError(
+                f"Invalid runner id {runner_id!r}: use 1 to 128 letters, digits, '.', '_', ':' "
+                "or '-'."
+            )
+
         self.environment = environment
         self.service = service
         self.runner_id = runner_id or new_id()
@@ -248,10 +258,10 @@ class CloudDriver(Driver):
         last_acquisition_id: str | None = None,
         elapsed_ms: int | None = None,
     ) -> dict[str, Any]:
-        """Ask the backend to plan an execution of `stages`; return its answer.
+        """Ask the backend to plan an execution of `stages`; return its response.
 
         Each stage is `{"name": ..., "changes": [{"id", "order", "author", "transactional",
-        "recovery", "run_always"}]}`. The answer's `action` is `CONTINUE`, `EXECUTE` (with
+        "recovery", "run_always"}]}`. The response's `action` is `CONTINUE`, `EXECUTE` (with
         `execution_id`, the `lock` grant and an action per change), `AWAIT` (retry with
         `last_acquisition_id` and the time waited on this machine's clock) or `ABORT`.
         """
@@ -405,11 +415,11 @@ class CloudDriver(Driver):
 
 
 class _TransportFailure(Exception):
-    """A request that never got an answer (connection refused, reset, timed out)."""
+    """A request that got no response (connection refused, reset, timed out)."""
 
 
 def _decode(response: httpx.Response) -> dict[str, Any]:
-    """Return the JSON body of a success; raise `_ApiError` for an error answer."""
+    """Return the JSON body of a success, or raise `_ApiError` for an error response."""
     try:
         body = response.json()
     except ValueError:
@@ -424,11 +434,11 @@ def _decode(response: httpx.Response) -> dict[str, Any]:
             bool(body.get("retryable", False)),
         )
     else:
-        # A proxy or load balancer in front of the backend answered; 502-504 pass with time.
+        # A proxy or load balancer in front of the backend responded; 502 to 504 may pass.
         return_error = _ApiError(
             response.status_code,
             f"HTTP_{response.status_code}",
-            f"unexpected answer of {len(response.content)} bytes",
+            f"unexpected response of {len(response.content)} bytes",
             response.status_code in (429, 502, 503, 504),
         )
     raise return_error
