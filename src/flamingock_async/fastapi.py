@@ -24,14 +24,16 @@ Modes:
   probe is answered while the run goes on, so Kubernetes needs a startup probe long enough
   for the slowest run; uvicorn also ignores SIGTERM until startup is over.
 
-After a failed run the service is never ready. `on_failure="stay_unready"` also turns liveness
-to 503, so that Kubernetes restarts the container; `on_failure="exit"` stops the server and
-ends the process with `exit_code`. A run that did nothing because the lock stayed taken
+After a failed run the service is never ready. In background mode, `on_failure="stay_unready"`
+also turns liveness to 503, so that Kubernetes restarts the container, and
+`on_failure="exit"` sends the process SIGTERM so that the server shuts down gracefully, then
+ends it with `exit_code`. A run that did nothing because the lock stayed taken
 (`on_lock_timeout="skip"`) counts as failed here, because the changes may still be pending.
 
 On shutdown during a run (SIGTERM), the run task is cancelled: the runner audits the running
 change, rolls it back or lets its transaction abort, and releases the lock, shielded and
-bounded by the runner's `shutdown_grace`. The lifespan waits for that cleanup.
+bounded by the runner's `shutdown_grace`. The lifespan waits for that cleanup, then leaves
+the application's own lifespan, then closes the runner's driver.
 
 Probes read state kept in memory and do no I/O, so they answer at once even while the store
 is slow. They cannot answer while a change blocks the event loop with synchronous code.
@@ -113,7 +115,8 @@ def flamingock_lifespan(
     without a sign of life from the runner (a lock attempt, a lease renewal, a change that
     starts or finishes) turn liveness to 503; by default twice the lock lease, or three lock
     poll intervals if that is longer. `exit_code` is the process exit status for
-    `on_failure="exit"`. `retry_after` is the `Retry-After` value, in seconds, of guarded
+    `on_failure="exit"`. In blocking mode a failed run always fails the startup, whatever
+    `on_failure` says. `retry_after` is the `Retry-After` value, in seconds, of guarded
     responses. The paths are those of the probe routes.
     """
     return FlamingockLifespan(
