@@ -106,7 +106,7 @@ def exit_code_for(error: BaseException) -> int:
 
 @dataclasses.dataclass
 class Settings:
-    """What the options of one command invocation set."""
+    """The options of one command invocation."""
 
     store: str | None = None
     changes: str | None = None
@@ -314,7 +314,11 @@ def _configure_logging(ctx: click.Context, settings: Settings) -> None:
     program invoking the command line in-process keeps its own logging set-up.
     """
     verbose = settings.verbose
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    level = logging.WARNING
+    if verbose == 1:
+        level = logging.INFO
+    elif verbose >= 2:
+        level = logging.DEBUG
     package = logging.getLogger("flamingock_async")
     previous_level = package.level
     handler = logging.StreamHandler(sys.stderr)
@@ -356,7 +360,7 @@ async def _call(work: Callable[[], Awaitable[T]]) -> T:
 
 
 class _TerminationGuard:
-    """Turns SIGTERM into a cancellation of the command's task.
+    """A SIGTERM handler that cancels the command's task.
 
     The runner then audits the interrupted change, runs its rollback if it is not
     transactional, and releases the lock, within its shutdown grace, as it does for Ctrl+C.
@@ -479,7 +483,7 @@ def _ensure_cwd_importable() -> None:
 
 
 class _Group(click.Group):
-    """The top-level group; mounts the self-hosted backend's `serve` group when installed.
+    """The top-level group, which mounts the self-hosted backend's `serve` group if installed.
 
     The backend is looked up only when `serve` is asked for or help lists the commands, so
     no other command imports it (or FastAPI).
