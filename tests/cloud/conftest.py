@@ -133,6 +133,14 @@ def second_backend(data_dir: Path, backend: Backend) -> Iterator[Backend]:
     stop_backend(server)
 
 
+class CliFailed(RuntimeError):
+    """A `flamingock serve` command exited with an error; `output` is what it printed."""
+
+    def __init__(self, arguments: tuple[str, ...], output: str) -> None:
+        super().__init__(f"flamingock serve {' '.join(arguments)} failed:\n{output}")
+        self.output = output
+
+
 def run_cli(data_dir: Path, *arguments: str) -> str:
     """Run a `flamingock serve` sub-command in process; return its output.
 
@@ -145,7 +153,7 @@ def run_cli(data_dir: Path, *arguments: str) -> str:
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         result = pool.submit(invoke).result()
     if result.exit_code != 0:
-        raise RuntimeError(f"flamingock serve {' '.join(arguments)} failed:\n{result.output}")
+        raise CliFailed(arguments, result.output)
     return result.output
 
 

@@ -16,7 +16,7 @@ from flamingock_async import ConfigurationError, DriverError, DriverUnavailableE
 from flamingock_async.drivers import driver_from_url
 from flamingock_async.drivers.cloud import CloudDriver
 
-from .conftest import JWT_SECRET, Backend, Service, cloud_driver, free_port
+from .conftest import JWT_SECRET, Backend, CliFailed, Service, cloud_driver, free_port
 
 
 class FlakyTransport(httpx.AsyncBaseTransport):
@@ -217,3 +217,14 @@ def test_create_invalid_name_fails(cli: Callable[..., str]) -> None:
 def test_invalid_runner_id_rejected() -> None:
     with pytest.raises(ConfigurationError, match="runner id"):
         CloudDriver("https://h", environment="e", service="s", api_token="t", runner_id="two words")
+
+
+def test_store_url_needs_namespace(cli: Callable[..., str]) -> None:
+    with pytest.raises(CliFailed, match="namespace") as raised:
+        cli("--store-url", "mongodb://admin:hunter2@127.0.0.1:1/db", "token", "list")
+    assert "hunter2" not in raised.value.output
+
+
+def test_unknown_store_scheme_rejected(cli: Callable[..., str]) -> None:
+    with pytest.raises(RuntimeError, match="Unsupported store URL"):
+        cli("--store-url", "nosuch://{namespace}", "--port", str(free_port()))

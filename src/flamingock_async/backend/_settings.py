@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from ..drivers import redact_url
 
 __all__ = ["ServerSettings", "ENV_PREFIX"]
 
@@ -35,6 +37,17 @@ class ServerSettings(BaseModel):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     organization: str = "default"
     project: str = "default"
+
+    @field_validator("store_url")
+    @classmethod
+    def _one_namespace_per_service(cls, value: str | None) -> str | None:
+        if value is not None and "{namespace}" not in value:
+            raise ValueError(
+                f"the store URL {redact_url(value)!r} must contain '{{namespace}}' where each "
+                "service's name goes (a table prefix or collection name), or all services "
+                "would share one audit log and lock"
+            )
+        return value
 
     @property
     def database_path(self) -> Path:

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from pydantic import ValidationError
 
+from .._errors import FlamingockError
 from ._meta import MetadataStore, TokenInfo
 from ._settings import ServerSettings
 
@@ -99,12 +101,20 @@ def serve(
     log_level: str,
 ) -> None:
     """Run the self-hosted backend, or manage its API tokens with 'token'."""
-    context.obj = ServerSettings.from_env(
-        data_dir=data_dir,
-        store_url=store_url,
-        token_ttl_seconds=token_ttl,
-        max_body_bytes=max_body_bytes,
-    )
+    try:
+        context.obj = ServerSettings.from_env(
+            data_dir=data_dir,
+            store_url=store_url,
+            token_ttl_seconds=token_ttl,
+            max_body_bytes=max_body_bytes,
+        )
+    except ValidationError as error:
+        # Only locations and reasons: the rejected values may hold a password or a secret.
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}"
+            for problem in error.errors()
+        )
+        raise click.UsageError(f"Invalid server settings: {problems}") from None
     if context.invoked_subcommand is not None:
         return
     _run_server(context.obj, host, port, log_level)
@@ -118,8 +128,13 @@ def _run_server(settings: ServerSettings, host: str, port: int, log_level: str) 
             "The backend needs uvicorn and FastAPI; install them with: "
             "pip install 'flamingock-async[server]'"
         ) from error
+    from ..drivers import driver_from_url
     from . import create_app
 
+    try:
+        driver_from_url(settings.store_url_for("startup_check"))
+    except FlamingockError as error:
+        raise click.UsageError(str(error)) from None
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
