@@ -450,7 +450,23 @@ async def _with_driver(settings: Settings, use: Callable[[Driver], Awaitable[T]]
     try:
         return await use(driver)
     finally:
+        _print_stats(driver)
         await driver.aclose()
+
+
+def _print_stats(driver: Driver) -> None:
+    """Print the driver's operation counts on standard error when FLAMINGOCK_STATS=1.
+
+    A debugging aid that the start-up benchmark reads; the line format may change.
+    """
+    if os.environ.get("FLAMINGOCK_STATS") != "1":
+        return
+    stats = driver.stats
+    click.echo(
+        f"flamingock stats: reads={stats.reads} writes={stats.writes} "
+        f"lock_operations={stats.lock_operations} round_trips={stats.round_trips}",
+        err=True,
+    )
 
 
 def _runner(settings: Settings, driver: Driver, *, need_changes: bool = True) -> AsyncRunner:
