@@ -17,12 +17,12 @@ Works for any Starlette application, FastAPI included; only Starlette is require
 Modes:
 
 * `background` (default): the lifespan starts `runner.run()` as a task it owns and returns
-  at once, so the server opens its port and answers probes while changes run. Readiness is 503
+  at once, so the server opens its port and responds to probes while changes run. Readiness is 503
   until the run completes. Liveness is 200 while the run shows signs of life.
 * `blocking`: the lifespan awaits the run before the server starts serving. A failed run
   raises, so the server reports that startup failed (uvicorn then exits with status 3). No
-  probe is answered while the run goes on, so Kubernetes needs a startup probe long enough
-  for the slowest run; uvicorn also ignores SIGTERM until startup is over.
+  probe gets a response while the run goes on, so Kubernetes needs a startup probe long
+  enough for the slowest run. uvicorn also acts on SIGTERM only once startup is over.
 
 After a failed run the service is never ready. In background mode, `on_failure="stay_unready"`
 also turns liveness to 503, so that Kubernetes restarts the container, and
@@ -112,12 +112,12 @@ def flamingock_lifespan(
 
     `lifespan` is the application's own lifespan; it is entered first and left last, and the
     state it yields is passed through unchanged. `liveness_timeout` is how many seconds
-    without a sign of life from the runner (a lock attempt, a lease renewal, a change that
-    starts or finishes) turn liveness to 503; by default twice the lock lease, or three lock
-    poll intervals if that is longer. `exit_code` is the process exit status for
-    `on_failure="exit"`. In blocking mode a failed run always fails the startup, whatever
-    `on_failure` says. `retry_after` is the `Retry-After` value, in seconds, of guarded
-    responses. The paths are those of the probe routes.
+    without a sign of life from the runner turn liveness to 503. Signs of life are lock
+    attempts, lease renewals, and changes that start or finish. It defaults to twice the lock
+    lease, or to three lock poll intervals if that is longer. `exit_code` is the process
+    exit status for `on_failure="exit"`. In blocking mode a failed run always fails the
+    startup, whatever `on_failure` says. `retry_after` is the `Retry-After` value, in
+    seconds, of guarded responses. The paths are those of the probe routes.
     """
     return FlamingockLifespan(
         runner,
@@ -134,7 +134,7 @@ def flamingock_lifespan(
 
 @dataclasses.dataclass
 class _Outcome:
-    """What this lifespan knows about its run, apart from the runner's own progress."""
+    """What this lifespan recorded about its run, besides the runner's own progress."""
 
     started: bool = False
     report: RunReport | None = None
@@ -283,10 +283,10 @@ class FlamingockLifespan:
     async def _run_in_background(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Run the pipeline and record its outcome; never raises but for cancellation.
+        """Run the pipeline and record its outcome; an `Exception` is logged, not raised.
 
         An exception escaping here would cancel the task group and, through it, the server's
-        lifespan task, so every failure is recorded and logged instead.
+        lifespan task. Cancellation and other `BaseException`s propagate.
         """
         self._outcome.started = True
         task_status.started()
@@ -365,11 +365,11 @@ class FlamingockLifespan:
     # -- probes ------------------------------------------------------------------------------
 
     async def liveness(self, request: Request) -> Response:
-        """Answer 200 while the run is alive or completed, 503 when it is stuck or failed."""
+        """Respond 200 while the run is alive or completed, 503 when it stalled or failed."""
         return self._probe_response(self.is_live())
 
     async def readiness(self, request: Request) -> Response:
-        """Answer 200 once the run completed, 503 with the run's status until then."""
+        """Respond 200 once the run completed, 503 with the run's status until then."""
         return self._probe_response(self.is_ready())
 
     def _probe_response(self, healthy: bool) -> Response:
@@ -443,7 +443,7 @@ class FlamingockLifespan:
 
 
 class ReadinessGuard:
-    """ASGI middleware that answers 503 with `Retry-After` until the run completes.
+    """ASGI middleware that responds 503 with `Retry-After` until the run completes.
 
     HTTP requests get a JSON body with the run's status; WebSocket connections are closed
     with code 1013 (try again later). The probe paths and `exempt_paths` always pass, and so
@@ -533,8 +533,9 @@ def _describe(error: BaseException) -> str:
 def _stop_server() -> None:
     """Ask the server to shut down gracefully, as on `kill <pid>`.
 
-    uvicorn, Hypercorn and Gunicorn stop accepting connections on SIGTERM, finish the
-    requests in flight and run the lifespan shutdown, which then sets the exit status.
+    On SIGTERM uvicorn stops accepting connections, finishes the requests in flight and runs
+    the lifespan shutdown, which then sets the exit status.
+    NOTE: checked with uvicorn 0.55 only; another server must also shut down on SIGTERM.
     """
     os.kill(os.getpid(), signal.SIGTERM)
 
@@ -542,11 +543,11 @@ def _stop_server() -> None:
 def _exit_process(code: int) -> None:
     """End the process with `code` once the lifespan shutdown has finished.
 
-    `SystemExit` raised in the lifespan itself would be caught by the server, so it is raised
-    from a loop callback instead, which asyncio lets propagate out of the event loop: the
-    server's remaining shutdown is cancelled, `finally` blocks and `atexit` handlers run, and
-    the interpreter exits with `code`. uvicorn would otherwise re-raise the SIGTERM after
-    shutting down and end the process by that signal (status 143 in a shell).
+    The server would catch a `SystemExit` raised in the lifespan itself. Raised from a loop
+    callback, asyncio lets it propagate out of the event loop instead: the server's remaining
+    shutdown is cancelled, `finally` blocks and `atexit` handlers run, and the interpreter
+    exits with `code`. Without it, uvicorn 0.55 re-raises the SIGTERM once it has shut down,
+    and the process ends by that signal (status 143 in a shell).
     """
     asyncio.get_running_loop().call_soon(_raise_system_exit, code)
 

@@ -1,7 +1,7 @@
 """Helpers for the adapter's in-process tests: the server side of the ASGI lifespan protocol.
 
 `serving(app)` does what uvicorn does around an application: it sends `lifespan.startup`,
-waits for the answer, passes the lifespan state into each request, and sends
+waits for the response, passes the lifespan state into each request, and sends
 `lifespan.shutdown` on exit. Requests go through httpx's ASGI transport, so no socket is
 opened. This avoids Starlette's TestClient, which warns about its httpx backend.
 """
@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class LifespanFailed(Exception):
-    """The application answered `lifespan.startup.failed` or `lifespan.shutdown.failed`."""
+    """The application sent `lifespan.startup.failed` or `lifespan.shutdown.failed`."""
 
 
 class LifespanHost:
@@ -69,7 +69,7 @@ class LifespanHost:
 async def serving(app: ASGIApp) -> AsyncIterator[httpx.AsyncClient]:
     """Start `app`'s lifespan, yield a client for it, and shut the lifespan down on exit.
 
-    Errors are raised outside the task group, so a test sees them unwrapped.
+    Errors are raised outside the task group, so a test gets them unwrapped.
     """
     host = LifespanHost(app)
     error: Exception | None = None

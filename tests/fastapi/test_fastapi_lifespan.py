@@ -1,7 +1,7 @@
 """The lifespan adapter in process: every mode and failure path, on the memory driver.
 
-The store here is the memory driver, because these tests are about the adapter alone; the
-end-to-end tests run real uvicorn processes on the SQLite store.
+These tests are about the adapter alone, so the store is the memory driver. The end-to-end
+tests run real uvicorn processes on the SQLite store.
 """
 
 from __future__ import annotations

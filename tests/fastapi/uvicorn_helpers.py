@@ -26,7 +26,7 @@ APPS = HERE / "apps"
 REPOSITORY = HERE.parent.parent
 EXAMPLE_SERVICE = REPOSITORY / "integrations" / "fastapi_service"
 STARTUP_TIMEOUT = 30.0
-"""Seconds a test waits for a new process to answer; generous for a loaded 2-core machine."""
+"""Seconds a test waits for a new process to respond; generous for a loaded 2-core machine."""
 
 
 def free_port() -> int:
@@ -70,7 +70,7 @@ class Uvicorn:
         return self.client.get(path)
 
     def first_answer(self, path: str = "/livez") -> tuple[httpx.Response, float]:
-        """Poll `path` until the server answers; return the answer and seconds since spawn."""
+        """Poll `path` until the server responds; return the response and seconds since spawn."""
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -84,10 +84,10 @@ class Uvicorn:
                 continue
             self.first_answer_at = time.time()
             return answer, time.monotonic() - self.started_at
-        raise AssertionError(f"uvicorn did not answer {path} in time:\n{self.output()}")
+        raise AssertionError(f"uvicorn did not respond to {path} in time:\n{self.output()}")
 
     def wait_for(self, path: str, status: int, timeout: float = STARTUP_TIMEOUT) -> httpx.Response:
-        """Poll `path` until it answers `status`; return that answer."""
+        """Poll `path` until it responds with `status`; return that response."""
         deadline = time.monotonic() + timeout
         answer: httpx.Response | None = None
         while time.monotonic() < deadline:
@@ -98,8 +98,8 @@ class Uvicorn:
             if answer is not None and answer.status_code == status:
                 return answer
             time.sleep(0.05)
-        shown = answer.text if answer is not None else "no answer"
-        raise AssertionError(f"{path} never answered {status} (last: {shown}):\n{self.output()}")
+        last = answer.text if answer is not None else "no response"
+        raise AssertionError(f"{path} never responded {status} (last: {last}):\n{self.output()}")
 
     def terminate(self) -> None:
         self.process.send_signal(signal.SIGTERM)

@@ -48,8 +48,8 @@ class Bookmark(NewBookmark):
 def build_runner(store_url: str) -> AsyncRunner:
     """Return the runner of this service's changes for the kind of store `store_url` names."""
     backend = backend_of(store_url)
-    # A driver passed in stays open after the run (one built from a URL would be closed), so
-    # requests can use the same database; the lifespan closes it at shutdown.
+    # The runner closes a driver it built from a URL after each run, but leaves a driver
+    # passed in open. Requests use its database, and the lifespan closes it at shutdown.
     return AsyncRunner(
         driver_from_url(store_url),
         f"bookmarks.changes.{backend}",

@@ -117,10 +117,10 @@ class DynamoBookmarks:
         return bookmark
 
     async def get(self, bookmark_id: str) -> dict[str, Any] | None:
-        answer = await self.client.get_item(
+        response = await self.client.get_item(
             TableName=TABLE, Key={"id": {"S": bookmark_id}}, ConsistentRead=True
         )
-        item = answer.get("Item")
+        item = response.get("Item")
         return _from_item(item) if item else None
 
     async def list(self, tag: str | None = None) -> list[dict[str, Any]]:

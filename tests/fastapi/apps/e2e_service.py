@@ -76,7 +76,7 @@ runner = AsyncRunner(
 
 @contextlib.asynccontextmanager
 async def own_lifespan(app: FastAPI) -> AsyncIterator[None]:
-    # The wall-clock time lets a test measure how soon the first probe was answered.
+    # The wall-clock time lets a test measure how soon the first probe got a response.
     logging.getLogger("e2e").info("lifespan entered at %.6f", time.time())
     yield
 
