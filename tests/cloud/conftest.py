@@ -70,14 +70,22 @@ def server_environment(data_dir: Path) -> dict[str, str]:
     return environ
 
 
-def start_backend(data_dir: Path, log_file: Path, *extra: str) -> Backend:
-    """Start `python -m flamingock_async.backend` and wait until /api/v1/health responds."""
+def start_backend(
+    data_dir: Path, log_file: Path, *extra: str, environ: dict[str, str] | None = None
+) -> Backend:
+    """Start `python -m flamingock_async.backend` and wait until /api/v1/health responds.
+
+    `extra` are further command-line options; `environ` adds environment variables.
+    """
     port = free_port()
     command = [sys.executable, "-m", "flamingock_async.backend"]
     command += [*extra, "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"]
     with log_file.open("wb") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=server_environment(data_dir)
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**server_environment(data_dir), **(environ or {})},
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
