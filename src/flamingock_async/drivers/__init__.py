@@ -38,7 +38,13 @@ def driver_from_url(url: str) -> Driver:
 
     Raises `ConfigurationError` naming the URL (credentials removed) and the accepted forms.
     """
-    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    try:
+        scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    except ValueError as error:
+        raise ConfigurationError(
+            f"Invalid store URL {_mask_everything_after_scheme(url)!r}: {error}. "
+            "Write it as SCHEME://... (for example sqlite:///app.db)."
+        ) from error
     module_name = _SCHEMES.get(scheme)
     if module_name is None:
         accepted = ", ".join(f"{name}://" for name in sorted(_SCHEMES))
@@ -66,3 +72,9 @@ def redact_url(url: str) -> str:
         for name, _, value in (item.partition("=") for item in parts.query.split("&") if item)
     )
     return parts._replace(netloc=netloc, query=query).geturl()
+
+
+def _mask_everything_after_scheme(url: str) -> str:
+    """Return the scheme of a URL that cannot be parsed, so no credential in it is shown."""
+    scheme, separator, _ = url.partition("://")
+    return f"{scheme}://***" if separator else "***"
