@@ -147,6 +147,9 @@ async def test_failing_transactional_change_raises(drivers: Callable[[], CloudDr
     history = await states(drivers(), "atomic")
     assert history[0] is AuditState.STARTED
     assert AuditState.APPLIED not in history
+    # Without a transaction nothing proves the change left no trace, so the next run stops.
+    with pytest.raises(ManualInterventionRequiredError, match="atomic"):
+        await runner(drivers(), [AddIndex, FailingTransactional], calls).run()
 
 
 async def test_mark_resolves_manual_intervention(drivers: Callable[[], CloudDriver]) -> None:

@@ -77,10 +77,10 @@ async def applied_entries(backend: Backend, service: Service) -> collections.Cou
 async def test_runners_across_two_backends_apply_once(
     backend: Backend, second_backend: Backend, service: Service, tmp_path: Path
 ) -> None:
-    """Six runner processes, half on each backend process, start together on one pipeline."""
+    """Ten runner processes, half on each backend process, start together on a new service."""
     output = tmp_path / "applied.txt"
     urls = [store_url(backend, service), store_url(second_backend, service)]
-    processes = [spawn("pipeline", urls[index % 2], service, output) for index in range(6)]
+    processes = [spawn("pipeline", urls[index % 2], service, output) for index in range(10)]
     start(processes)
     results = [result_of(process) for process in processes]
 
