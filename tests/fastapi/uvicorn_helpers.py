@@ -24,7 +24,6 @@ from flamingock_async.drivers.sqlite import SQLiteDriver
 HERE = Path(__file__).resolve().parent
 APPS = HERE / "apps"
 REPOSITORY = HERE.parent.parent
-EXAMPLE_SERVICE = REPOSITORY / "integrations" / "fastapi_service"
 STARTUP_TIMEOUT = 30.0
 """Seconds a test waits for a new process to respond; generous for a loaded 2-core machine."""
 
