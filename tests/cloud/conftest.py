@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -71,11 +72,16 @@ def server_environment(data_dir: Path) -> dict[str, str]:
 
 
 def start_backend(
-    data_dir: Path, log_file: Path, *extra: str, environ: dict[str, str] | None = None
+    data_dir: Path,
+    log_file: Path,
+    *extra: str,
+    environ: dict[str, str] | None = None,
+    ca_file: Path | None = None,
 ) -> Backend:
     """Start `python -m flamingock_async.backend` and wait until /api/v1/health responds.
 
-    `extra` are further command-line options; `environ` adds environment variables.
+    `extra` are further command-line options; `environ` adds environment variables. With
+    `ca_file`, the server is expected to serve HTTPS with a certificate signed by that CA.
     """
     port = free_port()
     command = [sys.executable, "-m", "flamingock_async.backend"]
@@ -87,14 +93,18 @@ def start_backend(
             stderr=subprocess.STDOUT,
             env={**server_environment(data_dir), **(environ or {})},
         )
-    url = f"http://127.0.0.1:{port}"
+    scheme = "https" if ca_file is not None else "http"
+    verify: ssl.SSLContext | bool = True
+    if ca_file is not None:
+        verify = ssl.create_default_context(cafile=str(ca_file))
+    url = f"{scheme}://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
             output = log_file.read_text()
             raise RuntimeError(f"the backend exited with {process.returncode}:\n{output}")
         try:
-            if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/api/v1/health", timeout=1, verify=verify).status_code == 200:
                 return Backend(url, process, log_file)
         except httpx.TransportError:
             pass

@@ -6,8 +6,11 @@
     flamingock serve token revoke TOKEN_ID
 
 Options also come from `FLAMINGOCK_SERVER_*` environment variables (`..._DATA_DIR`,
-`..._STORE_URL`, `..._JWT_SECRET`). FastAPI and uvicorn are imported only by the server
-command, so the token commands work without the `server` extra.
+`..._STORE_URL`, `..._HOST`, `..._PORT`, `..._TOKEN_TTL_SECONDS`, `..._MAX_BODY_BYTES`). The
+signing secret of bearer tokens comes only from `FLAMINGOCK_SERVER_JWT_SECRET`, never from
+the command line, where other users of the machine could read it. Without it, a secret is
+generated once and kept in the data directory. FastAPI and uvicorn are imported only by the
+server command, so the token commands work without the `server` extra.
 """
 
 from __future__ import annotations
@@ -66,10 +69,24 @@ def _with_store(settings: ServerSettings, action: Callable[[MetadataStore], Awai
     default=None,
     help="Driver URL of the audit logs and locks; '{namespace}' in it is replaced per service.",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8080, show_default=True, type=int, help="TCP port to listen on.")
+@click.option(
+    "--host",
+    envvar="FLAMINGOCK_SERVER_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on.",
+)
+@click.option(
+    "--port",
+    envvar="FLAMINGOCK_SERVER_PORT",
+    default=8080,
+    show_default=True,
+    type=int,
+    help="TCP port to listen on.",
+)
 @click.option(
     "--token-ttl",
+    envvar="FLAMINGOCK_SERVER_TOKEN_TTL_SECONDS",
     default=900,
     show_default=True,
     type=int,
@@ -77,10 +94,25 @@ def _with_store(settings: ServerSettings, action: Callable[[MetadataStore], Awai
 )
 @click.option(
     "--max-body-bytes",
+    envvar="FLAMINGOCK_SERVER_MAX_BODY_BYTES",
     default=1_048_576,
     show_default=True,
     type=int,
     help="Largest accepted request body, in bytes; larger ones get 413.",
+)
+@click.option(
+    "--ssl-certfile",
+    envvar="FLAMINGOCK_SERVER_SSL_CERTFILE",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="PEM certificate chain; serve HTTPS instead of HTTP (with --ssl-keyfile).",
+)
+@click.option(
+    "--ssl-keyfile",
+    envvar="FLAMINGOCK_SERVER_SSL_KEYFILE",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="PEM private key of --ssl-certfile.",
 )
 @click.option(
     "--log-level",
@@ -98,6 +130,8 @@ def serve(
     port: int,
     token_ttl: int,
     max_body_bytes: int,
+    ssl_certfile: str | None,
+    ssl_keyfile: str | None,
     log_level: str,
 ) -> None:
     """Run the self-hosted backend, or manage its API tokens with 'token'."""
@@ -117,10 +151,19 @@ def serve(
         raise click.UsageError(f"Invalid server settings: {problems}") from None
     if context.invoked_subcommand is not None:
         return
-    _run_server(context.obj, host, port, log_level)
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise click.UsageError("--ssl-certfile and --ssl-keyfile must be given together.")
+    _run_server(context.obj, host, port, log_level, ssl_certfile, ssl_keyfile)
 
 
-def _run_server(settings: ServerSettings, host: str, port: int, log_level: str) -> None:
+def _run_server(
+    settings: ServerSettings,
+    host: str,
+    port: int,
+    log_level: str,
+    ssl_certfile: str | None,
+    ssl_keyfile: str | None,
+) -> None:
     try:
         import uvicorn
     except ImportError as error:
@@ -138,7 +181,14 @@ def _run_server(settings: ServerSettings, host: str, port: int, log_level: str) 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=log_level,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+    )
 
 
 @serve.group()

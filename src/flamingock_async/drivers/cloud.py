@@ -24,6 +24,7 @@ import logging
 import os
 import random
 import re
+import ssl
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -336,6 +337,12 @@ class CloudDriver(Driver):
                 method, path, headers=dict(headers), json=json, params=params
             )
         except module.TransportError as error:
+            if _caused_by(error, ssl.SSLCertVerificationError):
+                raise DriverError(
+                    f"{self.describe()}: the backend's TLS certificate failed verification "
+                    f"({error}); give the CA that signed it with ?ca_file=PATH in the URL or "
+                    "verify=ssl.create_default_context(cafile=PATH)."
+                ) from error
             raise _TransportFailure(f"{type(error).__name__}: {error}") from error
         return _decode(response)
 
@@ -444,6 +451,15 @@ def _decode(response: httpx.Response) -> dict[str, Any]:
     raise return_error
 
 
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    current: BaseException | None = error
+    while current is not None:
+        if isinstance(current, kind):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def _lock_from(data: Any) -> LockRecord | None:
     if data is None:
         return None
@@ -493,7 +509,8 @@ def _is_loopback(host: str) -> bool:
 def from_url(url: str) -> CloudDriver:
     """Build a driver from `https://HOST[:PORT][/PATH]?environment=ENV&service=SERVICE`.
 
-    Optional query parameters: `timeout` (seconds per request), `max_attempts`, and
+    Optional query parameters: `timeout` (seconds per request), `max_attempts`, `ca_file`
+    (a PEM file of the CA that signed the backend's certificate, for a private CA), and
     `verify=false` to switch TLS verification off (never do it in production).
     """
     parts = urlsplit(url)
@@ -503,7 +520,7 @@ def from_url(url: str) -> CloudDriver:
             "Do not put the API token in the store URL, where logs and shells record it; "
             f"set the {TOKEN_ENV} environment variable instead."
         )
-    known = {"environment", "service", "timeout", "max_attempts", "verify"}
+    known = {"environment", "service", "timeout", "max_attempts", "verify", "ca_file"}
     unknown = sorted(set(query) - known)
     if unknown:
         raise ConfigurationError(
@@ -516,8 +533,22 @@ def from_url(url: str) -> CloudDriver:
         service=query.get("service", ""),
         timeout=_number(query, "timeout", 10.0),
         max_attempts=int(_number(query, "max_attempts", 5)),
-        verify=query.get("verify", "true").lower() not in ("false", "0", "no"),
+        verify=_verify_option(query),
     )
+
+
+def _verify_option(query: Mapping[str, str]) -> bool | ssl.SSLContext:
+    if query.get("verify", "true").lower() in ("false", "0", "no"):
+        return False
+    if "ca_file" not in query:
+        return True
+    try:
+        return ssl.create_default_context(cafile=query["ca_file"])
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigurationError(
+            f"The cloud URL parameter ca_file={query['ca_file']!r} is not a readable PEM "
+            f"CA file: {error}."
+        ) from error
 
 
 def _number(query: Mapping[str, str], name: str, default: float) -> float:
