@@ -236,7 +236,17 @@ def create_app(settings: ServerSettings) -> FastAPI:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        if error.status in (401, 403):
+            client = request.client.host if request.client else "unknown"
+            logger.warning(
+                "Rejected %s %s from %s: %s", request.method, request.url.path, client, error.code
+            )
         return _error_response(error.status, error.code, error.message, error.retryable)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        # Starlette logs the traceback after this handler; the client gets the error format.
+        return _error_response(500, "INTERNAL_ERROR", "The backend failed unexpectedly.")
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
