@@ -26,7 +26,7 @@ import random
 import re
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -296,18 +296,36 @@ class CloudDriver(Driver):
         params: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Send one request with the bearer token, retrying what can be retried."""
-        reauthenticated = False
+
+        async def send_once() -> dict[str, Any]:
+            try:
+                return await self._send(
+                    method, path, headers=await self._headers(), json=json, params=params
+                )
+            except _ApiError as error:
+                if error.code != "TOKEN_EXPIRED":
+                    raise
+            # The bearer token expired early by our clock (the backend's clock runs ahead,
+            # or the process was suspended): exchange the API token again, then resend once.
+            self._access_token = None
+            return await self._send(
+                method, path, headers=await self._headers(), json=json, params=params
+            )
+
+        return await self._with_retries(method, path, send_once)
+
+    async def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {await self._bearer()}", RUNNER_ID_HEADER: self.runner_id}
+
+    async def _with_retries(
+        self, method: str, path: str, send_once: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        """Call `send_once` until it succeeds, fails for good, or `max_attempts` is reached."""
         attempt = 1
         while True:
-            bearer = await self._bearer()
-            headers = {"Authorization": f"Bearer {bearer}", RUNNER_ID_HEADER: self.runner_id}
             try:
-                return await self._send(method, path, headers=headers, json=json, params=params)
+                return await send_once()
             except _ApiError as error:
-                if error.code == "TOKEN_EXPIRED" and not reauthenticated:
-                    self._access_token = None
-                    reauthenticated = True
-                    continue
                 if not error.retryable or attempt >= self.max_attempts:
                     raise self._translate_api_error(error, method, path) from None
                 reason = f"{error.status} {error.code}"
@@ -368,29 +386,13 @@ class CloudDriver(Driver):
             "environment": self.environment,
             "service": self.service,
         }
-        attempt = 1
-        while True:
-            try:
-                body = await self._send(
-                    "POST",
-                    f"{API_PREFIX}/auth/exchange-token",
-                    json=payload,
-                    headers={RUNNER_ID_HEADER: self.runner_id},
-                )
-                break
-            except _ApiError as error:
-                if not error.retryable or attempt >= self.max_attempts:
-                    raise self._translate_api_error(error, "POST", "exchange-token") from None
-                reason = f"{error.status} {error.code}"
-            except _TransportFailure as failure:
-                if attempt >= self.max_attempts:
-                    raise DriverUnavailableError(
-                        f"{self.describe()}: the token exchange failed after {attempt} "
-                        f"attempts: {failure}; check that the backend is running and reachable."
-                    ) from failure.__cause__
-                reason = str(failure)
-            await self._pause_before_retry(attempt, "POST", "exchange-token", reason)
-            attempt += 1
+        path = f"{API_PREFIX}/auth/exchange-token"
+        headers = {RUNNER_ID_HEADER: self.runner_id}
+
+        async def send_once() -> dict[str, Any]:
+            return await self._send("POST", path, headers=headers, json=payload)
+
+        body = await self._with_retries("POST", path, send_once)
         lifetime = float(body["expires_in"])
         self._access_token = _Secret(str(body["access_token"]))
         self._access_expires_at = time.monotonic() + max(lifetime - _REFRESH_MARGIN, lifetime / 2)
