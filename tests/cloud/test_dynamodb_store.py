@@ -1,9 +1,9 @@
 """Two backend processes on one DynamoDB store, served by `moto_server` on 127.0.0.1.
 
 The store URL carries `{namespace}` in its table names, so each service gets its own audit
-and lock tables. The conformance suite through the backend runs on SQLite and MongoDB stores;
-here one runner test suffices, because the suite creates two moto tables per test, which
-took about two seconds per test in one measured run.
+and lock tables. The conformance suite through the backend runs on SQLite and MongoDB stores.
+Here one runner test suffices, because the suite creates two moto tables per test. That took
+about two seconds per test in one measured run.
 """
 
 from __future__ import annotations

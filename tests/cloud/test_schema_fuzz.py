@@ -21,7 +21,7 @@ MAX_EXAMPLES = 20
 
 # `positive_data_acceptance` stays off because a body can fit the schema and still break a
 # protocol rule that the schema cannot express. Examples are a record whose key differs from
-# the path, or a release by a runner that is not the owner; both are rejected with 409 or 422.
+# the path, or a release by a runner that is not the owner. Both are rejected (409 or 422).
 CONFIG = """
 [parameters]
 "path.environment" = "{environment}"

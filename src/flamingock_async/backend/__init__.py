@@ -2,7 +2,7 @@
 
 Run it with `flamingock serve` or `python -m flamingock_async.backend`. It needs the
 `server` extra (FastAPI, uvicorn, PyJWT). `create_app(settings)` builds the ASGI
-application; `ServerSettings` says where its data lives.
+application; `ServerSettings` sets where its data lives.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What the backend does for one service: planning executions and managing its lock.
+"""Planning of executions and management of the lock, for one service at a time.
 
 Every function takes the service's `Driver` and keeps nothing between calls, so any backend
 process on the same store can serve the next request. The lock rules are those of the core
@@ -208,7 +208,7 @@ async def _acquire(
     if applied:
         return record
     if current is None or current.owner is None:
-        # The record changed between our read and our write; the runner simply asks again.
+        # The record changed between our read and our write, so the runner only has to retry.
         return AwaitInfo(acquisition_id="", holder="nobody", lease_ms=0, retry_after_ms=100)
     return AwaitInfo(
         acquisition_id=acquisition_id(current),
@@ -219,7 +219,7 @@ async def _acquire(
 
 
 def _waited_out(request: ExecutionRequest, current: LockRecord) -> bool:
-    """Whether the runner saw this very state of the lock for longer than its lease."""
+    """Return whether the runner saw this very state of the lock for longer than its lease."""
     return (
         request.last_acquisition_id == acquisition_id(current)
         and request.elapsed_ms is not None

@@ -19,7 +19,7 @@ ENV_PREFIX = "FLAMINGOCK_SERVER_"
 class ServerSettings(BaseModel):
     """Where the backend keeps its data and how it authenticates runners.
 
-    `data_dir` holds `backend.db`, the SQLite database of organisations, projects,
+    `data_dir` contains `backend.db`, the SQLite database of organisations, projects,
     environments, services, API tokens and the signing secret. `store_url` is the store of
     each service's audit log and lock: a driver URL in which `{namespace}` is replaced by a
     name unique to the environment and service (letters, digits and `_`). By default every
