@@ -60,8 +60,8 @@ bearer token limited to one environment and service. Every other request sends
 **Planning.** `POST .../execution` returns `CONTINUE` (nothing to do), `EXECUTE` (an
 execution id, a lock grant, and `APPLY`, `SKIP` or `MANUAL_INTERVENTION` per change), `AWAIT`
 (another runner holds the lock) or `ABORT` (the pipeline is invalid). After `AWAIT`, the
-runner sends the request again with the acquisition id it was shown and the milliseconds it has waited
-on its own clock. It takes over only when that acquisition id is still current and the
+runner sends the request again with the acquisition id it was shown and the milliseconds it
+has waited on its own clock. It takes over only when that acquisition id is still current and the
 wait is longer than the lease, so the backend never compares clocks of two machines.
 
 **Lock.** Every write to a lock increments its version and changes its acquisition id. Each
