@@ -8,9 +8,18 @@ import os
 import socket
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["AuditState", "AuditEntry", "now_ms", "new_id", "latest_by_change", "HOST", "PID"]
+__all__ = [
+    "AuditState",
+    "AuditEntry",
+    "StateSummary",
+    "now_ms",
+    "new_id",
+    "latest_by_change",
+    "HOST",
+    "PID",
+]
 
 HOST = socket.gethostname()
 PID = os.getpid()
@@ -109,6 +118,23 @@ class AuditEntry:
                 raise TypeError(f"field {name!r} must be an integer, got {values[name]!r}")
         values["metadata"] = dict(values.get("metadata") or {})
         return cls(**values)
+
+
+class StateSummary(NamedTuple):
+    """The columns of a change's newest audit entry that planning reads.
+
+    `Driver.read_state_summaries()` returns these, so that a start with nothing pending
+    need not read and decode every column of every entry.
+    """
+
+    change_id: str
+    state: AuditState
+    transactional: bool
+    lock_epoch: int
+
+    @classmethod
+    def of(cls, entry: AuditEntry) -> StateSummary:
+        return cls(entry.change_id, entry.state, entry.transactional, entry.lock_epoch)
 
 
 _FIELD_NAMES = tuple(field.name for field in dataclasses.fields(AuditEntry))

@@ -6,11 +6,11 @@ import dataclasses
 import enum
 from collections.abc import Iterable, Mapping
 
-from ._audit import AuditEntry, AuditState
+from ._audit import AuditEntry, AuditState, StateSummary
 from ._changes import ChangeDescriptor, Recovery
 from ._errors import ManualInterventionRequiredError
 
-__all__ = ["Action", "PlannedChange", "RunPlan", "plan_run", "decide"]
+__all__ = ["Action", "PlannedChange", "RunPlan", "plan_run", "decide", "ids_to_run"]
 
 
 class Action(str, enum.Enum):
@@ -74,7 +74,7 @@ class RunPlan:
         )
 
 
-def decide(change: ChangeDescriptor, latest: AuditEntry | None) -> Action:
+def decide(change: ChangeDescriptor, latest: AuditEntry | StateSummary | None) -> Action:
     """Apply the state table to one change.
 
     `latest.transactional` records whether that attempt committed atomically with its audit
@@ -99,3 +99,11 @@ def plan_run(changes: Iterable[ChangeDescriptor], states: Iterable[AuditEntry]) 
         for change in changes
     )
     return RunPlan(planned, max_epoch)
+
+
+def ids_to_run(changes: Iterable[ChangeDescriptor], states: Iterable[StateSummary]) -> list[str]:
+    """Return the ids that `plan_run` would not skip, in order, without building the plan."""
+    latest = {state.change_id: state for state in states}
+    return [
+        change.id for change in changes if decide(change, latest.get(change.id)) is not Action.SKIP
+    ]

@@ -24,7 +24,7 @@ from ._errors import (
 )
 from ._execution import ChangeExecutor
 from ._lock import LockManager, LockSettings
-from ._planning import Action, RunPlan, plan_run
+from ._planning import RunPlan, ids_to_run, plan_run
 from ._progress import EventKind, RunEvent, RunProgress, RunReport, RunState
 from .drivers._base import Driver
 
@@ -174,22 +174,27 @@ class AsyncRunner:
 
     async def _run(self, executor: ChangeExecutor) -> RunReport:
         pipeline = self.load_pipeline()
-        states = await self.driver.read_states()
-        plan = plan_run(pipeline, states)
-        if not plan.needs_lock:
-            return self._nothing_to_do(executor.execution_id, plan)
+        # Summaries carry only what planning reads, so that a start with nothing pending
+        # stays cheap however long the history is. Under the lock the full entries are read.
+        states = await self.driver.read_state_summaries()
+        wanted = ids_to_run(pipeline, states)
+        if not wanted:
+            return self._nothing_to_do(executor.execution_id, pipeline)
 
         from ._discovery import StaleManifestError
 
         try:
-            loaded = self._load_changes(pipeline, plan)
+            loaded = self._load_changes(pipeline, wanted)
         except StaleManifestError:
             # The cached manifest no longer matched the code and the pipeline has reloaded
             # itself from the import, so plan again.
-            plan = plan_run(pipeline, states)
-            loaded = self._load_changes(pipeline, plan)
+            wanted = ids_to_run(pipeline, states)
+            if not wanted:
+                return self._nothing_to_do(executor.execution_id, pipeline)
+            loaded = self._load_changes(pipeline, wanted)
         await self.driver.setup()
-        if not await self._acquire(executor, plan.max_epoch):
+        max_epoch = max((state.lock_epoch for state in states), default=0)
+        if not await self._acquire(executor, max_epoch):
             return RunReport(executor.execution_id, not_run=True)
         try:
             return await self._run_locked(executor, pipeline, loaded)
@@ -208,9 +213,8 @@ class AsyncRunner:
             shutdown_grace=self.shutdown_grace,
         )
 
-    def _load_changes(self, pipeline: Pipeline, plan: RunPlan) -> dict[str, LoadedChange]:
-        """Import and validate the changes the plan may run, before anything is written."""
-        wanted = [p.change.id for p in plan.changes if p.action is not Action.SKIP]
+    def _load_changes(self, pipeline: Pipeline, wanted: Sequence[str]) -> dict[str, LoadedChange]:
+        """Import and validate the changes the run may apply, before anything is written."""
         loaded = dict(pipeline.load(wanted))
         problems = ChangeExecutor.check_injection(self.driver, self._dependencies, loaded.values())
         if problems:
@@ -267,7 +271,7 @@ class AsyncRunner:
         plan.raise_if_blocked()
         missing = [p.change.id for p in plan.to_apply if p.change.id not in loaded]
         if missing:
-            loaded.update(self._load_changes(pipeline, _only(plan, missing)))
+            loaded.update(self._load_changes(pipeline, missing))
 
         self.progress.state = RunState.RUNNING
         to_apply = plan.to_apply
@@ -299,10 +303,10 @@ class AsyncRunner:
                 self.shutdown_grace,
             )
 
-    def _nothing_to_do(self, execution_id: str, plan: RunPlan) -> RunReport:
+    def _nothing_to_do(self, execution_id: str, pipeline: Pipeline) -> RunReport:
         self._emit(EventKind.NOTHING_TO_DO, execution_id)
-        logger.debug("Nothing to apply: all %d changes are applied", len(plan.changes))
-        return RunReport(execution_id, skipped=tuple(p.change.id for p in plan.changes))
+        logger.debug("Nothing to apply: all %d changes are applied", len(pipeline))
+        return RunReport(execution_id, skipped=tuple(change.id for change in pipeline))
 
     def _finish(self, report: RunReport) -> None:
         if report.not_run:
@@ -429,8 +433,3 @@ class AsyncRunner:
     async def _max_epoch(self) -> int:
         states = await self.driver.read_states()
         return max((entry.lock_epoch for entry in states), default=0)
-
-
-def _only(plan: RunPlan, ids: Sequence[str]) -> RunPlan:
-    wanted = set(ids)
-    return RunPlan(tuple(p for p in plan.changes if p.change.id in wanted), plan.max_epoch)

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
-from .._audit import AuditEntry
+from .._audit import AuditEntry, StateSummary
 from .._errors import DriverError, FlamingockError
 from .._lock import Fence, LockRecord
 
@@ -150,6 +150,16 @@ class Driver(abc.ABC):
         self.stats.reads += 1
         return await self._call(self._read_states)
 
+    async def read_state_summaries(self) -> list[StateSummary]:
+        """Return what planning needs of the newest entry of each change, in one read.
+
+        The runner checks for pending changes with this before it takes the lock. The
+        default derives the summaries from `_read_states()`; a driver whose full entries
+        are costly to read overrides `_read_state_summaries()` with a narrower query.
+        """
+        self.stats.reads += 1
+        return await self._call(self._read_state_summaries)
+
     async def read_history(self, change_id: str | None = None) -> list[AuditEntry]:
         """Return every entry (or those of one change), oldest first by `(epoch, sequence)`."""
         self.stats.reads += 1
@@ -216,6 +226,9 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     async def _read_states(self) -> list[AuditEntry]: ...
+
+    async def _read_state_summaries(self) -> list[StateSummary]:
+        return [StateSummary.of(entry) for entry in await self._read_states()]
 
     @abc.abstractmethod
     async def _read_history(self, change_id: str | None) -> list[AuditEntry]: ...

@@ -40,7 +40,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import anyio
 
-from .._audit import AuditEntry, AuditState
+from .._audit import AuditEntry, AuditState, StateSummary
 from .._errors import (
     ConfigurationError,
     CorruptAuditEntryError,
@@ -80,6 +80,8 @@ _TEXT_FIELDS = ("entry_id", "execution_id", "stage", "change_id", "author", "ord
 _INT_FIELDS = ("lock_epoch", "sequence", "created_at_ms", "pid")
 _OPTIONAL_INT_FIELDS = ("started_at_ms", "finished_at_ms", "duration_ms")
 _OPTIONAL_TEXT_FIELDS = ("error_type", "error_message", "error_trace")
+_STATES = {state.value: state for state in AuditState}
+_FLAGS = {0: False, 1: True}
 
 
 # One lock per connection serializes the transactions of every driver that shares it, since
@@ -412,15 +414,47 @@ class SQLiteDriver(Driver):
         if self._main is None:
             return []
         columns = ", ".join(_quote(column) for column in _AUDIT_COLUMNS)
-        # One query: the newest row of each change by (lock_epoch, sequence).
         statement = (
-            f"SELECT rowid, {columns} FROM ("
-            f"SELECT rowid, {columns}, ROW_NUMBER() OVER ("
-            "PARTITION BY change_id ORDER BY lock_epoch DESC, sequence DESC, rowid DESC"
-            f") AS position FROM {self._audit_table}) WHERE position = 1 ORDER BY rowid"
+            f"SELECT rowid, {columns} FROM {self._audit_table} "
+            f"WHERE rowid IN ({self._newest_rowids()}) ORDER BY rowid"
         )
         rows = await self._fetch_if_table(self._main, statement, ())
         return [self._entry_from_row(row) for row in rows]
+
+    async def _read_state_summaries(self) -> list[StateSummary]:
+        if self._main is None:
+            return []
+        statement = (
+            f"SELECT rowid, change_id, state, transactional, lock_epoch FROM {self._audit_table} "
+            f"WHERE rowid IN ({self._newest_rowids()})"
+        )
+        rows = await self._fetch_if_table(self._main, statement, ())
+        summaries = [_summary_from_row(row) for row in rows]
+        damaged = [row[0] for row, summary in zip(rows, summaries, strict=True) if summary is None]
+        if damaged:
+            # Decoding the full rows raises an error that names the damaged column.
+            await self._read_states()
+            raise CorruptAuditEntryError(
+                f"The audit row with rowid {damaged[0]} in {self.describe()} has an invalid "
+                "change_id, state, transactional or lock_epoch; repair or delete that row.",
+                record_key=f"rowid={damaged[0]}",
+            )
+        return [summary for summary in summaries if summary is not None]
+
+    def _newest_rowids(self) -> str:
+        """Return a subquery of the rowid of each change's newest row by (lock_epoch, sequence).
+
+        It seeks the change index once per change id, newest first, so no sort of the whole
+        table is needed. `IS` makes rows with a NULL change_id a group too, so that a damaged
+        row is read and reported instead of skipped.
+        """
+        table = self._audit_table
+        return (
+            f"SELECT (SELECT newest.rowid FROM {table} AS newest "
+            "WHERE newest.change_id IS ids.change_id "
+            "ORDER BY newest.lock_epoch DESC, newest.sequence DESC, newest.rowid DESC LIMIT 1) "
+            f"FROM (SELECT DISTINCT change_id FROM {table}) AS ids"
+        )
 
     async def _read_history(self, change_id: str | None) -> list[AuditEntry]:
         if self._main is None:
@@ -661,6 +695,20 @@ def _entry_values(entry: AuditEntry) -> tuple[Any, ...]:
     data["transactional"] = int(entry.transactional)
     data["metadata"] = json.dumps(data["metadata"], sort_keys=True, default=str)
     return tuple(data[column] for column in _AUDIT_COLUMNS)
+
+
+def _summary_from_row(row: Sequence[Any]) -> StateSummary | None:
+    """Build a summary from (rowid, change_id, state, transactional, lock_epoch), or None."""
+    _, change_id, state, transactional, lock_epoch = row
+    valid = (
+        type(change_id) is str
+        and type(lock_epoch) is int
+        and state in _STATES
+        and transactional in _FLAGS
+    )
+    if not valid:
+        return None
+    return StateSummary(change_id, _STATES[state], _FLAGS[transactional], lock_epoch)
 
 
 def _decode_entry(values: dict[str, Any]) -> AuditEntry:
