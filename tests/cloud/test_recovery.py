@@ -217,3 +217,24 @@ async def test_waiter_rereads_after_holder(drivers: Callable[[], CloudDriver]) -
         await holder.release()
     assert calls.log == []
     assert await states(drivers(), "add-index") == [AuditState.APPLIED]
+
+
+@change_unit(id="verbose", order="0002", author="tests", transactional=False)
+class VerboseFailure:
+    async def execute(self) -> None:
+        raise RuntimeError("x" * 50_000)
+
+    async def rollback(self) -> None:
+        return None
+
+
+async def test_huge_error_still_audited(drivers: Callable[[], CloudDriver]) -> None:
+    with pytest.raises(ChangeExecutionError):
+        await runner(drivers(), [AddIndex, VerboseFailure], Calls()).run()
+    history = await drivers().read_history("verbose")
+    failed = [entry for entry in history if entry.state is AuditState.FAILED]
+    assert len(failed) == 1
+    assert failed[0].error_message is not None
+    assert failed[0].error_message.endswith("(shortened)")
+    assert len(failed[0].error_message) <= 20_000
+    assert history[-1].state is AuditState.ROLLED_BACK

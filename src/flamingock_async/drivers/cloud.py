@@ -60,6 +60,9 @@ API_PREFIX = "/api/v1"
 # Seconds before the bearer token's expiry at which it is exchanged again.
 _REFRESH_MARGIN = 30.0
 _LOOPBACK_NAMES = {"localhost"}
+# Field limits of protocol version 1, in characters (see the backend's AuditEntryModel).
+_MAX_ERROR_MESSAGE = 20_000
+_MAX_ERROR_TRACE = 200_000
 _RUNNER_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
 
 
@@ -243,7 +246,7 @@ class CloudDriver(Driver):
             f"/change/{quote(entry.change_id, safe='')}/audit"
         )
         payload = {
-            "entry": entry.to_dict(),
+            "entry": _fit_limits(entry.to_dict()),
             "fence": {"key": fence.key, "owner": fence.owner, "epoch": fence.epoch},
         }
         await self._request("POST", path, json=payload)
@@ -451,6 +454,21 @@ def _decode(response: httpx.Response) -> dict[str, Any]:
             response.status_code in (429, 502, 503, 504),
         )
     raise return_error
+
+
+def _fit_limits(entry: dict[str, Any]) -> dict[str, Any]:
+    """Shorten the error text of an audit entry to the backend's field limits.
+
+    A failed change must still be audited when its traceback is huge, so the start of the
+    message and the end of the trace (where the raising frame is) are kept.
+    """
+    message = entry.get("error_message")
+    if isinstance(message, str) and len(message) > _MAX_ERROR_MESSAGE:
+        entry["error_message"] = message[: _MAX_ERROR_MESSAGE - 20] + " ... (shortened)"
+    trace = entry.get("error_trace")
+    if isinstance(trace, str) and len(trace) > _MAX_ERROR_TRACE:
+        entry["error_trace"] = "(shortened) ...\n" + trace[-(_MAX_ERROR_TRACE - 20) :]
+    return entry
 
 
 def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
