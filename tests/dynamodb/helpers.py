@@ -85,23 +85,27 @@ def error_response(code: str, message: str = "injected", **extra: Any) -> dict[s
 
 
 class FaultInjector:
-    """Answers the next calls of one operation with given error responses, then lets calls through.
+    """Answers the next calls of one operation with given responses, then lets calls through.
 
     It hooks into botocore's `before-call` event of the real client, the same hook that
-    botocore's Stubber uses; every call is counted in `calls`.
+    botocore's Stubber uses; every call is counted in `calls`. Responses are parsed
+    bodies, sent with HTTP status `status` (400 makes botocore raise a ClientError).
     """
 
-    def __init__(self, client: Any, operation: str, errors: list[dict[str, Any]]) -> None:
-        self.errors = list(errors)
+    def __init__(
+        self, client: Any, operation: str, responses: list[dict[str, Any]], status: int = 400
+    ) -> None:
+        self.responses = list(responses)
+        self.status = status
         self.calls = 0
         client.meta.events.register(f"before-call.dynamodb.{operation}", self._before_call)
 
     def _before_call(self, **_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
         self.calls += 1
-        if not self.errors:
+        if not self.responses:
             return None
-        response = self.errors.pop(0)
-        return AWSResponse("http://injected", 400, {}, None), response
+        response = self.responses.pop(0)
+        return AWSResponse("http://injected", self.status, {}, None), response
 
 
 class RequestCounter:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
 
-from flamingock_async import AuditState, CorruptAuditEntryError, DriverError, LockLostError
+from flamingock_async import (
+    AuditState,
+    CorruptAuditEntryError,
+    DriverError,
+    DriverUnavailableError,
+    LockLostError,
+)
 from flamingock_async.drivers.dynamodb import DynamoDriver
 
 from .conftest import REGION
-from .helpers import RequestCounter, bumped, entry, fence_of, held_lock, lock_record
+from .helpers import FaultInjector, RequestCounter, bumped, entry, fence_of, held_lock, lock_record
 
 
 async def table_names(driver: DynamoDriver) -> list[str]:
@@ -90,6 +98,42 @@ async def test_setup_rejects_wrong_key_schema(driver: DynamoDriver) -> None:
     assert "[id HASH (S)]" in message
     assert "[pk HASH (S), sk RANGE (S)]" in message
     assert "audit_table=" in message
+
+
+def creating(table: str) -> dict[str, Any]:
+    """Return a DescribeTable response for a lock table that is still being created."""
+    return {
+        "Table": {
+            "TableName": table,
+            "TableStatus": "CREATING",
+            "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+            "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
+        }
+    }
+
+
+async def test_setup_waits_until_active(driver: DynamoDriver) -> None:
+    injector = FaultInjector(
+        driver.client,
+        "DescribeTable",
+        [creating("flamingock_lock"), creating("flamingock_lock")],
+        status=200,
+    )
+    await driver.setup()
+    assert injector.calls == 4
+    assert await table_names(driver) == ["flamingock_audit", "flamingock_lock"]
+
+
+async def test_setup_times_out_while_creating(endpoint: str) -> None:
+    async with DynamoDriver(region=REGION, endpoint_url=endpoint, setup_timeout=0.5) as driver:
+        FaultInjector(
+            driver.client, "DescribeTable", [creating("flamingock_lock")] * 50, status=200
+        )
+        with pytest.raises(DriverUnavailableError) as caught:
+            await driver.setup()
+    assert "'flamingock_lock'" in str(caught.value)
+    assert "status CREATING" in str(caught.value)
+    assert "setup_timeout" in str(caught.value)
 
 
 async def test_insert_lock_only_when_absent(driver: DynamoDriver) -> None:

@@ -683,12 +683,11 @@ class DynamoDriver(Driver):
         `ResourceInUseException` and then waits for the other runner's table.
         """
         deadline = time.monotonic() + self.setup_timeout
-        created = False
         while True:
             description = await self._describe_table(table)
-            if description is None and not created:
-                created = await self._create_table(table, schema)
-            elif description is not None:
+            if description is None:
+                description = await self._create_table(table, schema)
+            if description is not None:
                 self._check_key_schema(table, description, schema)
                 if description.get("TableStatus") in _USABLE_TABLE_STATES:
                     return
@@ -711,8 +710,10 @@ class DynamoDriver(Driver):
         description: dict[str, Any] = response["Table"]
         return description
 
-    async def _create_table(self, table: str, schema: tuple[tuple[str, str, str], ...]) -> bool:
-        """Send CreateTable; return True once this runner or another one has started it."""
+    async def _create_table(
+        self, table: str, schema: tuple[tuple[str, str, str], ...]
+    ) -> dict[str, Any] | None:
+        """Send CreateTable and return the table's description (None if it vanished again)."""
         parameters: dict[str, Any] = {
             "TableName": table,
             "KeySchema": [{"AttributeName": name, "KeyType": kind} for name, kind, _ in schema],
@@ -728,14 +729,15 @@ class DynamoDriver(Driver):
                 "WriteCapacityUnits": write,
             }
         try:
-            await self._send("create_table", **parameters)
+            response = await self._send("create_table", **parameters)
         except Exception as error:
             if _error_code(error) != "ResourceInUseException":
                 raise
             logger.debug("Table %r is already being created by another runner", table)
-            return True
+            return await self._describe_table(table)
         logger.info("Created DynamoDB table %r (%s)", table, self.billing_mode)
-        return True
+        description: dict[str, Any] = response["TableDescription"]
+        return description
 
     def _check_key_schema(
         self,
