@@ -384,16 +384,13 @@ class CloudDriver(Driver):
         """Return a valid bearer token, exchanging the API token when needed."""
         if self._access_token is not None and time.monotonic() < self._access_expires_at:
             return self._access_token.reveal()
-        payload = {
-            "token": self._api_token.reveal(),
-            "environment": self.environment,
-            "service": self.service,
-        }
         path = f"{API_PREFIX}/auth/exchange-token"
         headers = {RUNNER_ID_HEADER: self.runner_id}
 
         async def send_once() -> dict[str, Any]:
-            return await self._send("POST", path, headers=headers, json=payload)
+            # Built per call, so the token is in `_send`'s arguments only while a request is
+            # sent, and in no variable that outlives it.
+            return await self._send("POST", path, headers=headers, json=self._exchange_body())
 
         body = await self._with_retries("POST", path, send_once)
         lifetime = float(body["expires_in"])
@@ -405,6 +402,13 @@ class CloudDriver(Driver):
         }
         logger.debug("Authenticated to %s", self.describe())
         return self._access_token.reveal()
+
+    def _exchange_body(self) -> dict[str, str]:
+        return {
+            "token": self._api_token.reveal(),
+            "environment": self.environment,
+            "service": self.service,
+        }
 
     def _translate_api_error(self, error: _ApiError, method: str, path: str) -> FlamingockError:
         where = f"{self.describe()}: {method} {path}"
