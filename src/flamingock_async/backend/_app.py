@@ -140,14 +140,23 @@ class _Backend:
             async with self._opening:
                 entry = self._drivers.get(namespace)
                 if entry is None:
-                    driver = driver_from_url(self.settings.store_url_for(namespace))
-                    await driver.open()
-                    await driver.setup()
-                    entry = (driver, anyio.Lock())
+                    entry = (await self._open_driver(namespace), anyio.Lock())
                     self._drivers[namespace] = entry
         driver, lock = entry
         async with lock:
             yield driver
+
+    async def _open_driver(self, namespace: str) -> Driver:
+        driver = driver_from_url(self.settings.store_url_for(namespace))
+        try:
+            await driver.open()
+            await driver.setup()
+        except BaseException:
+            # Not cached, so the next request tries again; close what this attempt opened.
+            with anyio.CancelScope(shield=True):
+                await driver.aclose()
+            raise
+        return driver
 
 
 # -- request size limit -------------------------------------------------------------------
