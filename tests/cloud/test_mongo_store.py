@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from flamingock_async import DriverUnavailableError
 from flamingock_async.drivers._base import Driver
 from flamingock_async.testing import DriverConformance, DriverFactory
 
@@ -133,3 +134,19 @@ async def test_runners_on_mongo_backends_apply_once(
     audited = await applied_entries(mongo_backends[0], mongo_service)
     assert set(audited) == expected
     assert all(count == 1 for count in audited.values()), audited
+
+
+async def test_store_down_is_retryable(tmp_path: Path) -> None:
+    """A backend whose store cannot be reached responds 503 retryable; the driver retries."""
+    nowhere = f"mongodb://127.0.0.1:{free_port()}/db?serverSelectionTimeoutMS=300"
+    store = f"{nowhere}&auditCollection=audit_{{namespace}}&lockCollection=lock_{{namespace}}"
+    server = start_backend(tmp_path, tmp_path / "backend.log", "--store-url", store)
+    try:
+        service = create_service(tmp_path)
+        driver = cloud_driver(server.url, service, max_attempts=2, backoff=0.01)
+        with pytest.raises(DriverUnavailableError, match="after 2 attempts"):
+            await driver.read_states()
+        await driver.aclose()
+    finally:
+        stop_backend(server)
+    assert server.log().count("Store error") == 2
