@@ -144,7 +144,7 @@ async def test_store_down_is_retryable(tmp_path: Path) -> None:
     try:
         service = create_service(tmp_path)
         driver = cloud_driver(server.url, service, max_attempts=2, backoff=0.01)
-        with pytest.raises(DriverUnavailableError, match="after 2 attempts"):
+        with pytest.raises(DriverUnavailableError, match=r"after 2 attempts \(STORE_UNAVAILABLE\)"):
             await driver.read_states()
         await driver.aclose()
     finally:
