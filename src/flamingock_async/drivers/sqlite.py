@@ -205,7 +205,7 @@ class SQLiteDriver(Driver):
             self._adopt_user_connection(self._user_connection)
             return
         _check_database_path(self.path)
-        if self.path == MEMORY or await anyio.Path(self.path).exists():
+        if self.path == MEMORY or _file_exists(self.path):
             await self._connect_all()
 
     def _adopt_user_connection(self, connection: aiosqlite.Connection) -> None:
@@ -233,15 +233,10 @@ class SQLiteDriver(Driver):
 
     async def _connect(self) -> aiosqlite.Connection:
         module = _import_aiosqlite()
+        # sqlite3's `timeout` is the connection's busy timeout (`PRAGMA busy_timeout`).
         connection: aiosqlite.Connection = await module.connect(
             self.path, timeout=self.busy_timeout, isolation_level=None
         )
-        try:
-            await connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await connection.close()
-            raise
         return connection
 
     async def _aclose(self) -> None:
@@ -826,6 +821,15 @@ def _parse_options(url: str, query: str) -> dict[str, Any]:
                 f"got {value!r}."
             ) from None
     return options
+
+
+def _file_exists(path: str) -> bool:
+    """Return whether `path` exists, with one stat call on the event loop's thread.
+
+    A worker thread would cost more than the call, and `open()` with nothing pending would
+    then import anyio's thread machinery for this alone.
+    """
+    return os.path.exists(path)
 
 
 def _check_database_path(path: str, *, url: str | None = None) -> None:
