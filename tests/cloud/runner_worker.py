@@ -13,6 +13,7 @@ Modes:
 * `slow`: one non-transactional change that writes its line and then sleeps for five
   minutes, for a test that kills the process while the change runs.
 * `retry`: the same change id declared with `Recovery.ALWAYS_RETRY`, finishing at once.
+* `impatient`: the `slow` pipeline, giving up after waiting half a second for the lock.
 """
 
 from __future__ import annotations
@@ -75,11 +76,13 @@ CHANGES: dict[str, list[type]] = {
     "pipeline": PIPELINE,
     "slow": [SlowChange],
     "retry": [RetriedChange],
+    "impatient": [SlowChange],
 }
 
 
 async def main(mode: str, url: str) -> None:
-    lock = LockSettings(key="flamingock", lease=2.0, wait_timeout=120.0, poll_interval=0.05)
+    wait_timeout = 0.5 if mode == "impatient" else 120.0
+    lock = LockSettings(key="flamingock", lease=2.0, wait_timeout=wait_timeout, poll_interval=0.05)
     runner = AsyncRunner(url, CHANGES[mode], lock=lock, manifest_cache=False)
     print("ready", flush=True)
     await anyio.to_thread.run_sync(sys.stdin.readline)

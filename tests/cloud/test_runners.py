@@ -160,3 +160,31 @@ async def test_killed_runner_always_retry_applies(
     assert applications(output)["slow-change"] == 2
     audited = await applied_entries(backend, service)
     assert audited["slow-change"] == 1
+
+
+@pytest.mark.slow
+async def test_impatient_runner_keeps_holder_lock(
+    backend: Backend, service: Service, tmp_path: Path
+) -> None:
+    """A runner process that gives up waiting leaves the lock of the process holding it."""
+    output = tmp_path / "applied.txt"
+    url = store_url(backend, service)
+    holder = spawn("slow", url, service, output)
+    start([holder])
+    wait_for_line(output, "slow-change", holder)
+    driver = cloud_driver(backend.url, service)
+    before = await driver.read_lock("flamingock")
+
+    impatient = spawn("impatient", url, service, output)
+    start([impatient])
+    result = result_of(impatient)
+    after = await driver.read_lock("flamingock")
+    kill(holder)
+    await driver.aclose()
+
+    assert result["error"] == "LockNotAcquiredError"
+    assert before is not None
+    assert after is not None
+    assert after.owner == before.owner
+    assert after.epoch == before.epoch
+    assert applications(output)["slow-change"] == 1
