@@ -227,6 +227,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             yield
         finally:
             await backend.stop()
+            logger.info("Backend stopped")
 
     app = FastAPI(
         title="Flamingock runner API",
