@@ -44,6 +44,7 @@ from .._errors import (
     MissingDependencyError,
 )
 from .._lock import Fence, LockRecord
+from . import redact_url
 from ._base import Driver
 
 if TYPE_CHECKING:
@@ -142,7 +143,8 @@ class CloudDriver(Driver):
         token = api_token if api_token is not None else os.environ.get(TOKEN_ENV)
         if not token:
             raise ConfigurationError(
-                f"No API token for the cloud driver at {self.base_url}; set the {TOKEN_ENV} "
+                f"No API token for the cloud driver at {redact_url(self.base_url)}; set the "
+                f"{TOKEN_ENV} "
                 "environment variable or pass api_token."
             )
         if max_attempts < 1:
@@ -173,7 +175,10 @@ class CloudDriver(Driver):
         return f"CloudDriver({self.describe()!r})"
 
     def describe(self) -> str:
-        return f"cloud {self.base_url} environment={self.environment} service={self.service}"
+        return (
+            f"cloud {redact_url(self.base_url)} environment={self.environment} "
+            f"service={self.service}"
+        )
 
     @property
     def _service_path(self) -> str:
