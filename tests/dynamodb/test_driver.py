@@ -14,6 +14,7 @@ from flamingock_async import (
     DriverUnavailableError,
     LockLostError,
 )
+from flamingock_async._audit import StateSummary
 from flamingock_async.drivers.dynamodb import DynamoDriver
 
 from .conftest import REGION
@@ -278,6 +279,34 @@ async def test_corrupt_state_item_names_key(driver: DynamoDriver) -> None:
     assert caught.value.record_key == "pk='state', sk='broken'"
     assert "missing fields" in str(caught.value)
     assert "flamingock_audit" in str(caught.value)
+
+
+async def test_state_summaries_match_states(driver: DynamoDriver) -> None:
+    fence = await held_lock(driver, epoch=4)
+    await driver.append_audit(entry("a", epoch=4, sequence=1, transactional=True), fence)
+    await driver.append_audit(entry("b", epoch=4, sequence=2, state=AuditState.FAILED), fence)
+    expected = sorted(StateSummary.of(state) for state in await driver.read_states())
+    counter = RequestCounter(driver.client)
+    summaries = sorted(await driver.read_state_summaries())
+    assert summaries == expected
+    assert summaries[0] == StateSummary("a", AuditState.APPLIED, True, 4)
+    assert counter.counts == {"Query": 1}
+
+
+async def test_state_summaries_on_missing_table(driver: DynamoDriver) -> None:
+    assert await driver.read_state_summaries() == []
+
+
+async def test_corrupt_summary_names_key(driver: DynamoDriver) -> None:
+    await driver.setup()
+    await driver.client.put_item(
+        TableName="flamingock_audit",
+        Item={"pk": {"S": "state"}, "sk": {"S": "odd"}, "change_id": {"S": "odd"}},
+    )
+    with pytest.raises(CorruptAuditEntryError) as caught:
+        await driver.read_state_summaries()
+    assert caught.value.record_key == "pk='state', sk='odd'"
+    assert "state, lock_epoch" in str(caught.value)
 
 
 async def test_corrupt_entry_item_names_key(driver: DynamoDriver) -> None:

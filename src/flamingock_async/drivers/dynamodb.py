@@ -48,12 +48,10 @@ actions without running the change again.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import decimal
 import json
 import logging
 import random
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -61,7 +59,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import anyio
 
-from .._audit import AuditEntry
+from .._audit import AuditEntry, AuditState, StateSummary
 from .._errors import (
     ConfigurationError,
     CorruptAuditEntryError,
@@ -76,12 +74,39 @@ from .._errors import (
 from .._lock import Fence, LockRecord
 from . import redact_url
 from ._base import Driver, TransactionBody
+from ._dynamodb_errors import (
+    CLIENT_ERROR_CODES,
+    EXCEPTION_CLASSES,
+    HANDLED_ERROR_CODES,
+    HANDLED_EXCEPTION_CLASSES,
+    CancellationReason,
+    TransactionCanceledError,
+    error_code,
+    error_message,
+    is_retryable,
+)
+from ._dynamodb_items import (
+    TABLE_NAME,
+    DynamoTransaction,
+    TransactionAction,
+    is_attribute_value,
+    item_size,
+    to_low_level,
+    to_plain,
+)
 
 __all__ = [
     "DynamoDriver",
     "DynamoTransaction",
+    "TransactionAction",
     "TransactionCanceledError",
+    "CancellationReason",
     "from_url",
+    "to_low_level",
+    "to_plain",
+    "item_size",
+    "HANDLED_ERROR_CODES",
+    "HANDLED_EXCEPTION_CLASSES",
     "MAX_TRANSACTION_ACTIONS",
     "MAX_TRANSACTION_BYTES",
     "MAX_ITEM_BYTES",
@@ -108,8 +133,6 @@ _AUDIT_KEY_SCHEMA = (("pk", "HASH", "S"), ("sk", "RANGE", "S"))
 _LOCK_KEY_SCHEMA = (("pk", "HASH", "S"),)
 _STATE_PARTITION = "state"
 _ENTRY_PREFIX = "entry#"
-_TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
-_TYPE_TAGS = frozenset({"S", "N", "B", "SS", "NS", "BS", "M", "L", "NULL", "BOOL"})
 _USABLE_TABLE_STATES = ("ACTIVE", "UPDATING")
 _URL_PARAMETERS = (
     "region",
@@ -120,25 +143,6 @@ _URL_PARAMETERS = (
     "write_capacity",
 )
 
-# Error codes after which a request certainly changed nothing, so sending it again is safe.
-_RETRYABLE_CODES = frozenset(
-    {
-        "TransactionConflictException",
-        "ThrottlingException",
-        "ProvisionedThroughputExceededException",
-        "RequestLimitExceeded",
-        "TransactionInProgressException",
-    }
-)
-_RETRYABLE_REASONS = frozenset(
-    {
-        "TransactionConflict",
-        "ThrottlingError",
-        "ProvisionedThroughputExceeded",
-        "RequestLimitExceeded",
-    }
-)
-
 
 def _import_aioboto3() -> Any:
     try:
@@ -146,390 +150,6 @@ def _import_aioboto3() -> Any:
     except ImportError as error:
         raise MissingDependencyError("DynamoDB", "aioboto3", "dynamodb") from error
     return aioboto3
-
-
-# -- values ----------------------------------------------------------------------------------
-
-
-def _serialize(value: Any) -> dict[str, Any]:
-    """Return the low-level attribute value of a plain Python value; floats become Decimals."""
-    from boto3.dynamodb.types import TypeSerializer
-
-    serialized: dict[str, Any] = TypeSerializer().serialize(_floats_to_decimals(value))
-    return serialized
-
-
-def _floats_to_decimals(value: Any) -> Any:
-    if isinstance(value, float):
-        return decimal.Decimal(repr(value))
-    if isinstance(value, Mapping):
-        return {key: _floats_to_decimals(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_floats_to_decimals(item) for item in value]
-    return value
-
-
-def _deserialize(value: Mapping[str, Any]) -> Any:
-    """Return the plain Python value of a low-level attribute value (numbers as Decimal)."""
-    from boto3.dynamodb.types import TypeDeserializer
-
-    return TypeDeserializer().deserialize(value)
-
-
-def _is_attribute_value(value: Any) -> bool:
-    return isinstance(value, Mapping) and len(value) == 1 and next(iter(value)) in _TYPE_TAGS
-
-
-def to_low_level(values: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """Return an item, key or expression-value mapping in DynamoDB's low-level form.
-
-    A mapping whose values are all one-key dicts tagged with a DynamoDB type (`{"S": "x"}`)
-    is taken as already low-level; anything else is serialized from plain Python values.
-    A valid item or key is never ambiguous, because key attributes are strings, numbers or
-    bytes in plain form.
-    """
-    if values is None:
-        return None
-    if values and all(_is_attribute_value(value) for value in values.values()):
-        return {name: dict(value) for name, value in values.items()}
-    return {name: _serialize(value) for name, value in values.items()}
-
-
-def to_plain(item: Mapping[str, Any]) -> dict[str, Any]:
-    """Return a low-level item as plain Python values (numbers as `decimal.Decimal`)."""
-    return {name: _deserialize(value) for name, value in item.items()}
-
-
-def _attribute_size(value: Mapping[str, Any]) -> int:
-    """Return the stored size of a low-level attribute value, by DynamoDB's sizing rules."""
-    tag, content = next(iter(value.items()))
-    if tag == "S":
-        return len(str(content).encode())
-    if tag == "N":
-        return len(str(content).lstrip("-").replace(".", "")) // 2 + 2
-    if tag == "B":
-        return len(content)
-    if tag in ("BOOL", "NULL"):
-        return 1
-    if tag in ("SS", "NS", "BS"):
-        return sum(_attribute_size({tag[0]: member}) for member in content)
-    if tag == "M":
-        return 3 + sum(
-            len(name.encode()) + _attribute_size(member) + 1 for name, member in content.items()
-        )
-    if tag == "L":
-        return 3 + sum(_attribute_size(member) + 1 for member in content)
-    return 0
-
-
-def item_size(item: Mapping[str, Any]) -> int:
-    """Return the size of a low-level item in bytes, as DynamoDB counts it (an estimate)."""
-    return sum(len(name.encode()) + _attribute_size(value) for name, value in item.items())
-
-
-# -- the transaction collector ---------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TransactionAction:
-    """One collected write: its kind, table, key (None for a Put) and low-level request body."""
-
-    kind: str
-    table: str
-    key: dict[str, Any] | None
-    body: dict[str, Any]
-
-    @property
-    def request(self) -> dict[str, Any]:
-        """The action as one element of `TransactItems`."""
-        return {self.kind: self.body}
-
-    def size(self) -> int:
-        """Return the bytes this action counts towards the transaction's 4 MB."""
-        counted = [self.body.get("Item") or self.key or {}]
-        counted.append(self.body.get("ExpressionAttributeValues") or {})
-        return sum(item_size(part) for part in counted)
-
-    def describe(self) -> str:
-        shown = self.key if self.key is not None else self.body.get("Item")
-        return f"{self.kind} on table {self.table!r} ({_describe_key(shown)})"
-
-
-def _describe_key(key: Mapping[str, Any] | None) -> str:
-    if not key:
-        return "no key"
-    parts = []
-    for name, value in key.items():
-        shown = _deserialize(value) if _is_attribute_value(value) else value
-        parts.append(f"{name}={shown!r}")
-    return ", ".join(parts)
-
-
-class DynamoTransaction:
-    """The writes a transactional change collects, committed with its audit entry.
-
-    Items, keys and expression values may be plain Python values (`{"id": "u1", "n": 2}`)
-    or DynamoDB's low-level form (`{"id": {"S": "u1"}}`). Nothing is sent until the change
-    returns; then the driver sends every action, the APPLIED audit entry and a check of the
-    lock in one `TransactWriteItems`, which commits all of them or none.
-    """
-
-    def __init__(self) -> None:
-        self._actions: list[TransactionAction] = []
-
-    def __len__(self) -> int:
-        return len(self._actions)
-
-    @property
-    def actions(self) -> list[TransactionAction]:
-        return list(self._actions)
-
-    def put(
-        self,
-        table: str,
-        item: Mapping[str, Any],
-        *,
-        condition: str | None = None,
-        names: Mapping[str, str] | None = None,
-        values: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Add a Put of `item` into `table`, optionally with a condition expression."""
-        body = {"TableName": _table_argument(table), "Item": _item_argument(item, "item")}
-        self._add("Put", None, body, condition, names, values)
-
-    def update(
-        self,
-        table: str,
-        key: Mapping[str, Any],
-        update: str,
-        *,
-        condition: str | None = None,
-        names: Mapping[str, str] | None = None,
-        values: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Add an Update of the item `key` in `table` with the update expression `update`."""
-        low_key = _item_argument(key, "key")
-        if not isinstance(update, str) or not update.strip():
-            raise ValueError(f"the update expression must be a non-empty string, got {update!r}")
-        body = {"TableName": _table_argument(table), "Key": low_key, "UpdateExpression": update}
-        self._add("Update", low_key, body, condition, names, values)
-
-    def delete(
-        self,
-        table: str,
-        key: Mapping[str, Any],
-        *,
-        condition: str | None = None,
-        names: Mapping[str, str] | None = None,
-        values: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Add a Delete of the item `key` from `table`."""
-        low_key = _item_argument(key, "key")
-        body = {"TableName": _table_argument(table), "Key": low_key}
-        self._add("Delete", low_key, body, condition, names, values)
-
-    def condition_check(
-        self,
-        table: str,
-        key: Mapping[str, Any],
-        condition: str,
-        *,
-        names: Mapping[str, str] | None = None,
-        values: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Add a check that the item `key` satisfies `condition`; the commit fails otherwise."""
-        if not isinstance(condition, str) or not condition.strip():
-            raise ValueError(f"the condition must be a non-empty string, got {condition!r}")
-        low_key = _item_argument(key, "key")
-        body = {"TableName": _table_argument(table), "Key": low_key}
-        self._add("ConditionCheck", low_key, body, condition, names, values)
-
-    def _add(
-        self,
-        kind: str,
-        key: dict[str, Any] | None,
-        body: dict[str, Any],
-        condition: str | None,
-        names: Mapping[str, str] | None,
-        values: Mapping[str, Any] | None,
-    ) -> None:
-        if condition is not None:
-            body["ConditionExpression"] = condition
-        if names:
-            body["ExpressionAttributeNames"] = dict(names)
-        if values:
-            body["ExpressionAttributeValues"] = to_low_level(values)
-        self._actions.append(TransactionAction(kind, body["TableName"], key, body))
-
-
-def _table_argument(table: object) -> str:
-    if not isinstance(table, str) or not _TABLE_NAME.match(table):
-        raise ValueError(
-            f"invalid DynamoDB table name {table!r}: use 3 to 255 letters, digits, '_', '-' or '.'"
-        )
-    return table
-
-
-def _item_argument(item: object, what: str) -> dict[str, Any]:
-    if not isinstance(item, Mapping) or not item:
-        raise ValueError(f"the {what} must be a non-empty mapping of attribute names, got {item!r}")
-    low_level = to_low_level(item)
-    if low_level is None:  # unreachable for a mapping; keeps the type narrow
-        raise ValueError(f"the {what} is missing")
-    return low_level
-
-
-# -- errors ----------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class CancellationReason:
-    """The cancellation reason DynamoDB gave for one action of a transaction."""
-
-    index: int
-    action: str
-    code: str
-    message: str
-
-
-class TransactionCanceledError(DriverError):
-    """DynamoDB cancelled a transaction; `reasons` lists each action that failed and why."""
-
-    def __init__(self, message: str, *, reasons: Sequence[CancellationReason]) -> None:
-        super().__init__(message)
-        self.reasons = list(reasons)
-
-
-# botocore error code -> (flamingock error, what to do next).
-_CLIENT_ERROR_CODES: dict[str, tuple[type[FlamingockError], str]] = {
-    "ResourceNotFoundException": (
-        DriverError,
-        "check the table names and region, or run setup to create the tables",
-    ),
-    "ResourceInUseException": (
-        DriverError,
-        "wait until the table is no longer being created, updated or deleted",
-    ),
-    "ValidationException": (DriverError, "check the request parameters and item sizes"),
-    "ConditionalCheckFailedException": (DriverError, "re-read the item and retry"),
-    "TransactionCanceledException": (DriverError, "see the cancellation reason of each action"),
-    "TransactionConflictException": (
-        DriverError,
-        "another transaction kept writing the same items; retry later or raise retry_timeout",
-    ),
-    "TransactionInProgressException": (DriverUnavailableError, "retry later"),
-    "IdempotentParameterMismatchException": (
-        DriverError,
-        "use a new client request token for a different request",
-    ),
-    "ItemCollectionSizeLimitExceededException": (
-        DriverError,
-        "the item collection exceeded 10 GB; remove local secondary indexes or old items",
-    ),
-    "ProvisionedThroughputExceededException": (
-        DriverUnavailableError,
-        "raise the table's capacity or use billing_mode='PAY_PER_REQUEST'",
-    ),
-    "ThrottlingException": (DriverUnavailableError, "retry later or raise retry_timeout"),
-    "RequestLimitExceeded": (
-        DriverUnavailableError,
-        "the account's request quota was exceeded; retry later or ask AWS for a higher quota",
-    ),
-    "LimitExceededException": (
-        DriverError,
-        "too many tables are being created or updated at once; retry later",
-    ),
-    "InternalServerError": (DriverUnavailableError, "retry later"),
-    "ServiceUnavailable": (DriverUnavailableError, "retry later"),
-    "UnrecognizedClientException": (
-        DriverAuthError,
-        "check the AWS access key id and the region",
-    ),
-    "InvalidSignatureException": (
-        DriverAuthError,
-        "check the AWS secret access key and the machine's clock",
-    ),
-    "MissingAuthenticationTokenException": (
-        DriverAuthError,
-        "configure AWS credentials for the driver",
-    ),
-    "IncompleteSignatureException": (DriverAuthError, "check the AWS credentials"),
-    "ExpiredTokenException": (
-        DriverAuthError,
-        "refresh the AWS session token (for example with 'aws sso login')",
-    ),
-    "AccessDeniedException": (
-        DriverAuthError,
-        "grant the identity DynamoDB access to the audit and lock tables",
-    ),
-}
-
-# botocore exception class name -> (flamingock error, what to do next).
-_EXCEPTION_CLASSES: dict[str, tuple[type[FlamingockError], str]] = {
-    "EndpointConnectionError": (
-        DriverUnavailableError,
-        "check that the endpoint is reachable, or the endpoint_url and region",
-    ),
-    "ConnectTimeoutError": (DriverUnavailableError, "check the network path to the endpoint"),
-    "ReadTimeoutError": (DriverUnavailableError, "retry later or raise the read timeout"),
-    "ConnectionClosedError": (DriverUnavailableError, "retry later"),
-    "NoCredentialsError": (
-        DriverAuthError,
-        "configure credentials through the AWS chain: AWS_ACCESS_KEY_ID and "
-        "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance or container role",
-    ),
-    "PartialCredentialsError": (
-        DriverAuthError,
-        "set both the access key id and the secret access key",
-    ),
-    "CredentialRetrievalError": (DriverAuthError, "check the credential provider configuration"),
-    "NoRegionError": (
-        ConfigurationError,
-        "pass region=... (or ?region= in the store URL) or set AWS_DEFAULT_REGION",
-    ),
-    "ParamValidationError": (DriverError, "check the request parameters"),
-}
-
-HANDLED_ERROR_CODES = tuple(_CLIENT_ERROR_CODES)
-"""Every botocore error code that `DynamoDriver.translate_error` maps to a specific error."""
-
-HANDLED_EXCEPTION_CLASSES = tuple(_EXCEPTION_CLASSES)
-"""Every botocore exception class (by name) that `translate_error` maps."""
-
-
-def _error_code(error: BaseException) -> str | None:
-    response = getattr(error, "response", None)
-    if not isinstance(response, Mapping):
-        return None
-    code = response.get("Error", {}).get("Code")
-    return code if isinstance(code, str) else None
-
-
-def _error_message(error: BaseException) -> str:
-    response = getattr(error, "response", None)
-    if isinstance(response, Mapping):
-        message = response.get("Error", {}).get("Message")
-        if isinstance(message, str):
-            return message
-    return str(error)
-
-
-def _cancellation_codes(error: BaseException) -> list[str]:
-    response = getattr(error, "response", None)
-    if not isinstance(response, Mapping):
-        return []
-    return [str(reason.get("Code", "None")) for reason in response.get("CancellationReasons", [])]
-
-
-def _is_retryable(error: BaseException) -> bool:
-    """Return whether `error` proves the request changed nothing and may succeed if resent."""
-    code = _error_code(error)
-    if code in _RETRYABLE_CODES:
-        return True
-    if code != "TransactionCanceledException":
-        return False
-    failed = [reason for reason in _cancellation_codes(error) if reason != "None"]
-    return bool(failed) and all(reason in _RETRYABLE_REASONS for reason in failed)
 
 
 # -- the driver ------------------------------------------------------------------------------
@@ -704,7 +324,7 @@ class DynamoDriver(Driver):
         try:
             response = await self._send("describe_table", TableName=table)
         except Exception as error:
-            if _error_code(error) == "ResourceNotFoundException":
+            if error_code(error) == "ResourceNotFoundException":
                 return None
             raise
         description: dict[str, Any] = response["Table"]
@@ -731,7 +351,7 @@ class DynamoDriver(Driver):
         try:
             response = await self._send("create_table", **parameters)
         except Exception as error:
-            if _error_code(error) != "ResourceInUseException":
+            if error_code(error) != "ResourceInUseException":
                 raise
             logger.debug("Table %r is already being created by another runner", table)
             return await self._describe_table(table)
@@ -779,14 +399,14 @@ class DynamoDriver(Driver):
                 response: dict[str, Any] = await method(**parameters)
             except Exception as error:
                 remaining = deadline - time.monotonic()
-                if not _is_retryable(error) or remaining <= 0:
+                if not is_retryable(error) or remaining <= 0:
                     raise
                 attempt += 1
                 pause = min(remaining, random.uniform(0, min(1.0, 0.025 * 2**attempt)))
                 logger.info(
                     "DynamoDB %s was rejected with %s; retrying in %.3f s (attempt %d)",
                     operation,
-                    _error_code(error),
+                    error_code(error),
                     pause,
                     attempt,
                 )
@@ -816,7 +436,7 @@ class DynamoDriver(Driver):
                 ConsistentRead=True,
             )
         except Exception as error:
-            if _error_code(error) == "ResourceNotFoundException":
+            if error_code(error) == "ResourceNotFoundException":
                 return None
             raise
         item = response.get("Item")
@@ -844,7 +464,7 @@ class DynamoDriver(Driver):
         try:
             await self._send("put_item", **parameters)
         except Exception as error:
-            if _error_code(error) == "ConditionalCheckFailedException":
+            if error_code(error) == "ConditionalCheckFailedException":
                 return False
             raise
         return True
@@ -862,18 +482,30 @@ class DynamoDriver(Driver):
     # -- audit log -----------------------------------------------------------------------
 
     async def _read_states(self) -> list[AuditEntry]:
+        items = await self._query_state_items()
+        return [self._decode_entry(item) for item in items]
+
+    async def _read_state_summaries(self) -> list[StateSummary]:
+        items = await self._query_state_items(
+            ProjectionExpression="pk, sk, change_id, #state, transactional, lock_epoch",
+            ExpressionAttributeNames={"#state": "state"},
+        )
+        return [self._decode_summary(item) for item in items]
+
+    async def _query_state_items(self, **projection: Any) -> list[dict[str, Any]]:
+        """Return every state item, or none when the audit table does not exist."""
         try:
-            items = await self._paginate(
+            return await self._paginate(
                 "query",
                 TableName=self.audit_table,
                 KeyConditionExpression="pk = :pk",
                 ExpressionAttributeValues={":pk": {"S": _STATE_PARTITION}},
+                **projection,
             )
         except Exception as error:
-            if _error_code(error) == "ResourceNotFoundException":
+            if error_code(error) == "ResourceNotFoundException":
                 return []
             raise
-        return [self._decode_entry(item) for item in items]
 
     async def _read_history(self, change_id: str | None) -> list[AuditEntry]:
         try:
@@ -892,7 +524,7 @@ class DynamoDriver(Driver):
                     ExpressionAttributeValues={":pk": {"S": _ENTRY_PREFIX + change_id}},
                 )
         except Exception as error:
-            if _error_code(error) == "ResourceNotFoundException":
+            if error_code(error) == "ResourceNotFoundException":
                 return []
             raise
         entries = [self._decode_entry(item) for item in items]
@@ -915,14 +547,21 @@ class DynamoDriver(Driver):
         try:
             return _decode_entry(item)
         except (KeyError, TypeError, ValueError, decimal.InvalidOperation) as error:
-            record_key = (
-                f"pk={_plain_string(item.get('pk'))!r}, sk={_plain_string(item.get('sk'))!r}"
-            )
-            raise CorruptAuditEntryError(
-                f"The audit item {record_key} in DynamoDB table {self.audit_table!r} cannot be "
-                f"read ({error}); restore its attributes from a backup or delete the item.",
-                record_key=record_key,
-            ) from error
+            raise self._corrupt(item, error) from error
+
+    def _decode_summary(self, item: Mapping[str, Any]) -> StateSummary:
+        try:
+            return _decode_summary(item)
+        except (KeyError, TypeError, ValueError, decimal.InvalidOperation) as error:
+            raise self._corrupt(item, error) from error
+
+    def _corrupt(self, item: Mapping[str, Any], error: Exception) -> CorruptAuditEntryError:
+        record_key = f"pk={_plain_string(item.get('pk'))!r}, sk={_plain_string(item.get('sk'))!r}"
+        return CorruptAuditEntryError(
+            f"The audit item {record_key} in DynamoDB table {self.audit_table!r} cannot be "
+            f"read ({error}); restore its attributes from a backup or delete the item.",
+            record_key=record_key,
+        )
 
     # -- transactions --------------------------------------------------------------------
 
@@ -959,7 +598,7 @@ class DynamoDriver(Driver):
                 "transact_write_items", TransactItems=[action.request for action in actions]
             )
         except Exception as error:
-            if _error_code(error) != "TransactionCanceledException":
+            if error_code(error) != "TransactionCanceledException":
                 raise
             return self._handle_cancellation(error, actions, entry, fence, with_state=with_state)
         return True
@@ -1145,16 +784,16 @@ class DynamoDriver(Driver):
     def translate_error(self, error: Exception) -> FlamingockError:
         """Map a botocore or aiobotocore exception to a flamingock-async error.
 
-        Codes of `ClientError` come from `_CLIENT_ERROR_CODES`, other botocore exceptions by
-        class name from `_EXCEPTION_CLASSES`; connection errors name the endpoint. Messages
+        Codes of `ClientError` come from `CLIENT_ERROR_CODES`, other botocore exceptions by
+        class name from `EXCEPTION_CLASSES`; connection errors name the endpoint. Messages
         of authentication errors leave out the server's text, so nothing of a credential or
         signature is repeated.
         """
-        code = _error_code(error)
+        code = error_code(error)
         if code is not None:
             return self._translate_client_error(error, code)
         for cls in type(error).__mro__:
-            mapped = _EXCEPTION_CLASSES.get(cls.__name__)
+            mapped = EXCEPTION_CLASSES.get(cls.__name__)
             if mapped is not None:
                 kind, fix = mapped
                 return kind(f"{self._failure_prefix(kind)}: {type(error).__name__}; {fix}.")
@@ -1166,7 +805,7 @@ class DynamoDriver(Driver):
         return DriverError(f"{self.describe()}: {type(error).__name__}: {error}")
 
     def _translate_client_error(self, error: Exception, code: str) -> FlamingockError:
-        kind, fix = _CLIENT_ERROR_CODES.get(code, (DriverError, "see the AWS error message"))
+        kind, fix = CLIENT_ERROR_CODES.get(code, (DriverError, "see the AWS error message"))
         operation = getattr(error, "operation_name", None) or "request"
         if issubclass(kind, DriverAuthError):
             return kind(
@@ -1175,7 +814,7 @@ class DynamoDriver(Driver):
             )
         return kind(
             f"DynamoDB {operation} failed on {self.describe()}: {code}: "
-            f"{_error_message(error)}; {fix}."
+            f"{error_message(error)}; {fix}."
         )
 
     def _failure_prefix(self, kind: type[FlamingockError]) -> str:
@@ -1223,6 +862,20 @@ def _decode_entry(item: Mapping[str, Any]) -> AuditEntry:
     return AuditEntry.from_dict(data)
 
 
+def _decode_summary(item: Mapping[str, Any]) -> StateSummary:
+    missing = [name for name in ("change_id", "state", "lock_epoch") if name not in item]
+    if missing:
+        raise KeyError(f"missing fields: {', '.join(missing)}")
+    change_id = _plain_scalar(item["change_id"])
+    epoch = _plain_scalar(item["lock_epoch"])
+    transactional = _plain_scalar(item["transactional"]) if "transactional" in item else False
+    if not isinstance(change_id, str) or not isinstance(epoch, int):
+        raise TypeError("change_id must be a string and lock_epoch an integer")
+    if not isinstance(transactional, bool):
+        raise TypeError(f"field 'transactional' must be a boolean, got {transactional!r}")
+    return StateSummary(change_id, AuditState(_plain_scalar(item["state"])), transactional, epoch)
+
+
 def _encode_lock(record: LockRecord) -> dict[str, Any]:
     item: dict[str, Any] = {"pk": {"S": record.key}}
     for name, value in record.to_dict().items():
@@ -1244,7 +897,7 @@ def _decode_lock(item: Mapping[str, Any]) -> LockRecord:
 
 def _plain_scalar(value: Any) -> Any:
     """Return the Python value of an S, N, BOOL or NULL attribute; numbers must be integers."""
-    if not _is_attribute_value(value):
+    if not is_attribute_value(value):
         raise TypeError(f"invalid attribute value {value!r}")
     tag, content = next(iter(value.items()))
     if tag == "S":
@@ -1298,7 +951,7 @@ def _validate_options(
             "client you pass, or pass a session instead."
         )
     for option, table in (("audit_table", audit_table), ("lock_table", lock_table)):
-        if not isinstance(table, str) or not _TABLE_NAME.match(table):
+        if not isinstance(table, str) or not TABLE_NAME.match(table):
             raise ConfigurationError(
                 f"Invalid {option} {table!r}: a DynamoDB table name has 3 to 255 letters, "
                 "digits, '_', '-' or '.'."
