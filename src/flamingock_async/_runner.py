@@ -281,7 +281,8 @@ class AsyncRunner:
             await executor.apply(loaded[planned.change.id])
             self.progress.pending -= 1
         applied = tuple(planned.change.id for planned in to_apply)
-        skipped = tuple(p.change.id for p in plan.changes if p.change.id not in set(applied))
+        applied_ids = set(applied)
+        skipped = tuple(p.change.id for p in plan.changes if p.change.id not in applied_ids)
         return RunReport(executor.execution_id, applied, skipped, lock_acquired=True)
 
     async def _release(self, executor: ChangeExecutor) -> None:

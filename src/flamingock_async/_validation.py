@@ -206,6 +206,10 @@ def _check_coroutine(method: str, function: object, name: str) -> list[str]:
 
 
 def _check_constructor(cls: type, name: str) -> list[str]:
+    plain: Any = cls
+    if plain.__init__ is object.__init__ and plain.__new__ is object.__new__:
+        # No arguments, and inspect.signature would parse object's text signature per class.
+        return []
     try:
         signature = inspect.signature(cls)
     except (TypeError, ValueError):
