@@ -151,8 +151,22 @@ async def test_replace_lock_compares_version(driver: DynamoDriver) -> None:
     await driver.insert_lock(first)
     renewed = bumped(first)
     assert await driver.replace_lock("flamingock", first.version, renewed) is True
-    assert await driver.replace_lock("flamingock", first.version, bumped(first)) is False
+    taken = bumped(first, owner="runner-b")
+    assert await driver.replace_lock("flamingock", first.version, taken) is False
     assert await driver.read_lock("flamingock") == renewed
+
+
+async def test_repeated_lock_write_counts_as_done(driver: DynamoDriver) -> None:
+    """A resent put whose first attempt was applied finds its own record and succeeds."""
+    await driver.setup()
+    first = lock_record()
+    await driver.insert_lock(first)
+    renewed = bumped(first)
+    assert await driver.replace_lock("flamingock", first.version, renewed) is True
+    assert await driver.insert_lock(first) is False
+    assert await driver.replace_lock("flamingock", first.version, renewed) is True
+    later = bumped(first, renewed_at_ms=first.renewed_at_ms + 1)
+    assert await driver.replace_lock("flamingock", first.version, later) is False
 
 
 async def test_replace_missing_lock(driver: DynamoDriver) -> None:

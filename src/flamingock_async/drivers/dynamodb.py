@@ -453,10 +453,17 @@ class DynamoDriver(Driver):
         )
 
     async def _put_lock(self, record: LockRecord, condition: str, values: dict[str, Any]) -> bool:
+        """Put `record` if `condition` holds; return whether the stored record is `record`.
+
+        botocore resends a request whose answer timed out. When the first attempt was
+        applied, the resent one fails its condition, and the stored item returned with the
+        failure (`ALL_OLD`) is then exactly `record`: that counts as success.
+        """
         parameters: dict[str, Any] = {
             "TableName": self.lock_table,
             "Item": _encode_lock(record),
             "ConditionExpression": condition,
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }
         if values:
             parameters["ExpressionAttributeNames"] = {"#version": "version"}
@@ -464,9 +471,10 @@ class DynamoDriver(Driver):
         try:
             await self._send("put_item", **parameters)
         except Exception as error:
-            if error_code(error) == "ConditionalCheckFailedException":
-                return False
-            raise
+            if error_code(error) != "ConditionalCheckFailedException":
+                raise
+            stored = getattr(error, "response", {}).get("Item")
+            return bool(stored) and stored == parameters["Item"]
         return True
 
     def _decode_lock(self, item: Mapping[str, Any]) -> LockRecord:
