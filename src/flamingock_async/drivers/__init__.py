@@ -42,7 +42,7 @@ def driver_from_url(url: str) -> Driver:
         scheme = urlsplit(url).scheme.lower() if "://" in url else ""
     except ValueError as error:
         raise ConfigurationError(
-            f"Invalid store URL {_mask_everything_after_scheme(url)!r}: {error}. "
+            f"Invalid store URL {_mask_user_info(url)!r}: {error}. "
             "Write it as SCHEME://... (for example sqlite:///app.db)."
         ) from error
     module_name = _SCHEMES.get(scheme)
@@ -74,7 +74,9 @@ def redact_url(url: str) -> str:
     return parts._replace(netloc=netloc, query=query).geturl()
 
 
-def _mask_everything_after_scheme(url: str) -> str:
-    """Return the scheme of a URL that cannot be parsed, so no credential in it is shown."""
-    scheme, separator, _ = url.partition("://")
-    return f"{scheme}://***" if separator else "***"
+def _mask_user_info(url: str) -> str:
+    """Return a URL that cannot be parsed with anything before its last `@` masked."""
+    scheme, separator, rest = url.partition("://")
+    if not separator or "@" not in rest:
+        return url
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"

@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import sqlite3
+import sys
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -102,6 +103,14 @@ def _import_aiosqlite() -> Any:
     except ImportError as error:
         raise MissingDependencyError("sqlite", "aiosqlite", "sqlite") from error
     return aiosqlite
+
+
+def _allow_everything(action: int, *args: object) -> int:
+    return sqlite3.SQLITE_OK
+
+
+# Python 3.11 removes an authorizer with None; 3.10 needs a callback that allows everything.
+_NO_AUTHORIZER = None if sys.version_info >= (3, 11) else _allow_everything
 
 
 def _quote(name: str) -> str:
@@ -545,7 +554,7 @@ class SQLiteDriver(Driver):
             raise ChangeBodyFailed(error) from failure.error
         finally:
             with anyio.CancelScope(shield=True):
-                await connection.set_authorizer(None)
+                await connection.set_authorizer(_NO_AUTHORIZER)
 
     def _authorize_in_body(self, action: int, *args: object) -> int:
         """Reject `BEGIN`, `COMMIT` and `ROLLBACK` issued by a change's own code."""
