@@ -14,10 +14,11 @@ that sends the same requests:
 Each line shows the wall time, the CPU time of this process (the client side: moto runs in
 its own process) and the number of DynamoDB requests, counted on the client through
 botocore's `before-call` event. moto is far slower than DynamoDB: it deep-copies a table
-on every TransactWriteItems and handles each item in Python, so the absolute times say
+on every TransactWriteItems and handles each item in Python, so the absolute times tell
 little about AWS. The ratios show what the runner, the lock and the audit add on top of
-the requests. Every figure is the median of `--repeat` runs. Fake credentials are set for
-this process only, and nothing leaves 127.0.0.1.
+the requests. The two sides alternate, the first of them changing every round. Every time is
+the median of `--repeat` rounds, and every ratio the median of the ratios of each round.
+Fake credentials are set for this process only, and nothing leaves 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -232,32 +233,46 @@ def median(measurements: list[Measurement]) -> Measurement:
     )
 
 
-async def startup(endpoint: str, changes: int, repeat: int) -> tuple[Measurement, Measurement]:
-    """Measure runs with nothing pending over `changes` applied changes, and the bare reads."""
+async def startup(
+    endpoint: str, changes: int, repeat: int
+) -> tuple[list[Measurement], list[Measurement]]:
+    """Measure runs with nothing pending over `changes` applied changes, and the bare reads.
+
+    The two sides alternate, and which one goes first changes every round.
+    """
     await reset(endpoint)
     pipeline = noop_changes(changes)
     async with DynamoDriver(region=REGION, endpoint_url=endpoint) as driver:
         await write_history(driver, changes)
     ours: list[Measurement] = []
     hand: list[Measurement] = []
-    for _ in range(repeat):
+    for round_number in range(repeat):
         async with DynamoDriver(region=REGION, endpoint_url=endpoint) as driver:
+            if round_number % 2:
+                async with measured(driver.client, hand):
+                    await query_states(driver.client)
             runner = AsyncRunner(driver, pipeline, lock=LOCK, manifest_cache=False)
             async with measured(driver.client, ours):
                 report = await runner.run()
             if report.applied:
                 raise RuntimeError(f"expected nothing pending, applied {len(report.applied)}")
-            async with measured(driver.client, hand):
-                await query_states(driver.client)
-    return median(ours), median(hand)
+            if not round_number % 2:
+                async with measured(driver.client, hand):
+                    await query_states(driver.client)
+    return ours, hand
 
 
 async def query_states(client: Any) -> list[dict[str, Any]]:
-    """Read every state item by hand, page by page, as the driver's start-up read does."""
+    """Read the planning attributes of every state item by hand, page by page.
+
+    These are the requests of the runner's check for pending changes.
+    """
     parameters: dict[str, Any] = {
         "TableName": "flamingock_audit",
         "KeyConditionExpression": "pk = :pk",
         "ExpressionAttributeValues": {":pk": {"S": "state"}},
+        "ProjectionExpression": "pk, sk, change_id, #state, transactional, lock_epoch",
+        "ExpressionAttributeNames": {"#state": "state"},
         "ConsistentRead": True,
     }
     items: list[dict[str, Any]] = []
@@ -288,12 +303,16 @@ async def runner_apply(endpoint: str, count: int, *, transactional: bool) -> Mea
 async def baseline_apply(endpoint: str, count: int, *, transactional: bool) -> Measurement:
     """Send by hand the requests that a run of `count` put changes sends.
 
-    The request bodies are built before timing, with the driver's own audit items: a
-    DescribeTable of each table (setup, and the key schema of the target table), the state
-    Query, the lock GetItem and PutItem, the Query again under the lock, per change
-    one TransactWriteItems with the put, the entry, the state item and the lock check (for
-    a non-transactional change a STARTED and an APPLIED transaction around a PutItem), and
-    the lock release.
+    The request bodies are built before timing, with the driver's own audit items. They are,
+    in order:
+
+    - a DescribeTable of each table (setup, and the key schema of the target table);
+    - the state Query, the lock GetItem and PutItem, and the Query again under the lock;
+    - per transactional change, one TransactWriteItems with the put, the entry, the state
+      item and the lock check;
+    - per non-transactional change, a STARTED transaction, the PutItem and an APPLIED
+      transaction;
+    - the PutItem that releases the lock.
     """
     await reset(endpoint)
     result: list[Measurement] = []
@@ -379,24 +398,27 @@ async def main(changes: int, applied: int, repeat: int) -> None:
 
         ours, hand = await startup(endpoint, changes, repeat)
         print(f"start-up with nothing pending over {changes} applied changes (median of {repeat}):")
-        show("runner", ours)
-        show("hand loop", hand)
-        print(f"  ratio       wall {ours.wall / hand.wall:.2f}\n")
+        show("runner", median(ours))
+        show("hand loop", median(hand))
+        print(f"  ratio       wall {median_ratio(ours, hand):.2f}\n")
 
         for transactional in (True, False):
             kind = "transactional" if transactional else "non-transactional"
             runs: list[Measurement] = []
             hand_runs: list[Measurement] = []
-            for _ in range(repeat):
-                runs.append(await runner_apply(endpoint, applied, transactional=transactional))
-                hand_runs.append(
-                    await baseline_apply(endpoint, applied, transactional=transactional)
-                )
-            ours, hand = median(runs), median(hand_runs)
+            for round_number in range(repeat):
+                sides = [(runner_apply, runs), (baseline_apply, hand_runs)]
+                for measure, into in sides[:: -1 if round_number % 2 else 1]:
+                    into.append(await measure(endpoint, applied, transactional=transactional))
             print(f"{applied} {kind} changes, one put each (per change, median of {repeat}):")
-            show("runner", ours, applied)
-            show("hand loop", hand, applied)
-            print(f"  ratio       wall {ours.wall / hand.wall:.2f}\n")
+            show("runner", median(runs), applied)
+            show("hand loop", median(hand_runs), applied)
+            print(f"  ratio       wall {median_ratio(runs, hand_runs):.2f}\n")
+
+
+def median_ratio(ours: list[Measurement], hand: list[Measurement]) -> float:
+    """Return the median over rounds of the runner's wall time over the hand loop's."""
+    return statistics.median(a.wall / b.wall for a, b in zip(ours, hand, strict=True))
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def error_response(code: str, message: str = "injected", **extra: Any) -> dict[s
 
 
 class FaultInjector:
-    """Answers the next calls of one operation with given responses, then lets calls through.
+    """Return given responses to the next calls of one operation, then let calls through.
 
     It hooks into botocore's `before-call` event of the real client, the same hook that
     botocore's Stubber uses; every call is counted in `calls`. Responses are parsed

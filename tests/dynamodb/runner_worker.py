@@ -9,7 +9,7 @@ line: the run's report, or the type, change id and message of the error it raise
 change appends "CHANGE_ID PID" to OUTPUT_FILE when it runs. Modes:
 
 * `pipeline`: twenty changes. The first creates the `target` table through the injected
-  client; the next nine add 1 to a counter item through the client; the last ten are
+  client. The next nine add 1 to a counter item through the client. The last ten are
   transactional and add 1 to their counter through the transaction collector.
 * `slow`: one non-transactional change that writes its line and then sleeps for five
   minutes, for a test that kills the process while the change runs.

@@ -62,7 +62,7 @@ def to_low_level(values: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """Return an item, key or expression-value mapping in DynamoDB's low-level form.
 
     A mapping whose values are all one-key dicts tagged with a DynamoDB type (`{"S": "x"}`)
-    is taken as already low-level; anything else is serialized from plain Python values.
+    is taken as already low-level. Anything else is serialized from plain Python values.
     A valid item or key is never ambiguous, because key attributes are strings, numbers or
     bytes in plain form.
     """
@@ -148,7 +148,7 @@ class DynamoTransaction:
 
     Items, keys and expression values may be plain Python values (`{"id": "u1", "n": 2}`)
     or DynamoDB's low-level form (`{"id": {"S": "u1"}}`). Nothing is sent until the change
-    returns; then the driver sends every action, the APPLIED audit entry and a check of the
+    returns. Then the driver sends every action, the APPLIED audit entry and a check of the
     lock in one `TransactWriteItems`, which commits all of them or none.
     """
 

@@ -15,17 +15,24 @@ The driver keeps two tables, both created on demand by `setup()`:
   state         ``state``              ``<change id>``
   ============  =====================  ==========================================
 
-Every append writes the new **entry** item (append-only, conditional on
-`attribute_not_exists(pk)` so a repeated `entry_id` is a no-op), overwrites the change's
-**state** item with a copy of the same entry, and checks the lock item's owner and epoch, all
-in one `TransactWriteItems`. The state item is therefore always the newest entry of its change.
+Every append sends one `TransactWriteItems` with three actions. It writes the new **entry**
+item, which is append-only: its condition `attribute_not_exists(pk)` makes a repeated
+`entry_id` a no-op. It puts a copy of the same entry as the change's **state** item, and it
+checks the lock item's owner and epoch.
+
+The state Put is conditional on the stored state being older by `(epoch, sequence)`. When
+only that condition fails, because an entry was appended out of order, the transaction is
+sent again without the state Put. The state item is therefore always the newest entry of
+its change.
 
 Why this layout: the start-up path reads the current state of every change, and it must stay
 cheap for thousands of changes. All state items share the partition `state`, so `read_states`
 is one strongly consistent Query over exactly one item per change, paginated by
-`LastEvaluatedKey` (about 1 KB per change, so 1,000 changes take one or two requests). Keying
-entries by change id instead would need a Scan of the whole history, and a single log
-partition would need a Query over every entry ever written. The history of one change is one
+`LastEvaluatedKey`. A state item without an error trace is well under 1 KB, so 1,000 changes
+take one or two requests. `read_state_summaries` sends the same Query with a projection of
+the five attributes planning needs. Keying entries by change id instead would need a Scan of
+the whole history, and a single log partition would need a Query over every entry ever
+written. The history of one change is one
 Query on its own partition, in `(epoch, sequence)` order thanks to the zero-padded sort key;
 the full history is a paginated Scan, which only the CLI needs.
 
@@ -213,7 +220,6 @@ class DynamoDriver(Driver):
         """The number of requests sent to DynamoDB, retries included."""
         self._session = session
         self._client = client
-        self._owns_client = client is None
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self._open_lock = anyio.Lock()
         self._key_names: dict[str, tuple[str, ...]] = {
@@ -455,9 +461,9 @@ class DynamoDriver(Driver):
     async def _put_lock(self, record: LockRecord, condition: str, values: dict[str, Any]) -> bool:
         """Put `record` if `condition` holds; return whether the stored record is `record`.
 
-        botocore resends a request whose answer timed out. When the first attempt was
+        botocore resends a request whose response timed out. When the first attempt was
         applied, the resent one fails its condition, and the stored item returned with the
-        failure (`ALL_OLD`) is then exactly `record`: that counts as success.
+        failure (`ALL_OLD`) is then exactly `record`, which counts as success.
         """
         parameters: dict[str, Any] = {
             "TableName": self.lock_table,
