@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
@@ -90,3 +91,14 @@ def test_missing_aioboto3(monkeypatch: pytest.MonkeyPatch) -> None:
         DynamoDriver(region="us-east-1")
     assert caught.value.extra == "dynamodb"
     assert "flamingock-async[dynamodb]" in str(caught.value)
+
+
+def test_module_import_skips_aioboto3() -> None:
+    code = (
+        "import sys, flamingock_async, flamingock_async.drivers.dynamodb; "
+        "print(sorted(name for name in ('aioboto3', 'boto3', 'botocore') if name in sys.modules))"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert output.strip() == "[]"
