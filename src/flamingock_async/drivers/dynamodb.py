@@ -36,9 +36,10 @@ written. The history of one change is one
 Query on its own partition, in `(epoch, sequence)` order thanks to the zero-padded sort key;
 the full history is a paginated Scan, which only the CLI needs.
 
-NOTE: all state items sit in one partition. DynamoDB limits a partition to about 3,000 read
-units a second, so many replicas starting at the same moment against a very long history can
-be throttled; throttled requests are retried with backoff until `retry_timeout`.
+NOTE: all state items sit in one partition, and DynamoDB limits each partition to 3,000 read
+units a second (Amazon DynamoDB Developer Guide, warm throughput scenarios). Many replicas
+starting at the same moment against a very long history can therefore be throttled, and the
+driver retries throttled requests with backoff until `retry_timeout`.
 
 Transactions
 ------------
