@@ -4,10 +4,12 @@
 objects, or the path of a pipeline file (YAML). Every problem of every change is collected
 into one `PipelineValidationError` before any store is touched.
 
-For a package or module name, the validated descriptors are cached (see `_manifest`), so
-that a later start-up with unchanged files imports no change module at all. The pipeline's
-`load(ids)` then imports only the modules that define the changes about to run, validates
-them fully and compares them with the cache.
+For a package or module name, a pipeline file, and a list of stages made only of package
+and module names, the validated descriptors are cached (see `_manifest`), so that a later
+start-up with unchanged files imports no change module, and for a pipeline file neither
+PyYAML nor pydantic. The pipeline's `load(ids)` then imports only the modules that define the
+changes about to run (for a template change: re-reads the pipeline file and validates that
+change's fields with its template), validates them fully and compares them with the cache.
 
 NOTE: the cache trusts that a change's `@change_unit` arguments depend only on the files of
 its package. Arguments computed from outside values (environment variables, settings in
@@ -19,12 +21,13 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import logging
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeGuard, Union
 
 from . import _manifest
 from ._changes import (
@@ -42,7 +45,7 @@ from ._errors import PipelineValidationError
 from ._validation import check_methods, check_spec, check_stages, make_name, order_key
 
 if TYPE_CHECKING:
-    from ._pipeline_file import FileItem
+    from ._pipeline_file import FileItem, FileStage
     from .templates import ChangeTemplate
 
 __all__ = ["load_pipeline", "StaleManifestError", "ChangesArgument"]
@@ -50,6 +53,9 @@ __all__ = ["load_pipeline", "StaleManifestError", "ChangesArgument"]
 logger = logging.getLogger(__name__)
 
 ChangesArgument = Union[str, "os.PathLike[str]", type, Sequence[type | str | Stage]]
+
+# Rebuilds a cached pipeline by importing everything (and rewrites its cache).
+_Reload = Callable[[], tuple[list[StagePlan], dict[str, LoadedChange]]]
 
 _TEMPLATE_COMMON_FIELDS = (
     "id",
@@ -80,14 +86,19 @@ def load_pipeline(
     """Find, validate and order the change units given by `changes`.
 
     `template_names` maps template names to classes, taking precedence over the template
-    registry. `cache_dir` (default: `$FLAMINGOCK_CACHE_DIR`, else the package's
-    `__pycache__`) keeps the manifest cache of a package given by name; `use_cache=False`
-    always imports every change module. Raises `PipelineValidationError` with every problem.
+    registry. `cache_dir` (default: `$FLAMINGOCK_CACHE_DIR`, else a `__pycache__` directory
+    next to the pipeline file or in the first package) keeps the manifest cache of a package
+    given by name, of a pipeline file, and of stages made only of package and module names;
+    `use_cache=False` always imports every change module. Raises `PipelineValidationError`
+    with every problem.
     """
     if isinstance(changes, os.PathLike) or (
         isinstance(changes, str) and changes.lower().endswith((".yaml", ".yml"))
     ):
-        return _load_pipeline_file(os.fspath(changes), template_names)
+        path = os.fspath(changes)
+        if use_cache:
+            return _load_file_with_cache(path, template_names, cache_dir)
+        return Pipeline(*_eager(_load_pipeline_file(path, template_names)))
 
     if isinstance(changes, str):
         if use_cache:
@@ -96,7 +107,12 @@ def load_pipeline(
                 return cached
         return _build([_StageSource(DEFAULT_STAGE, (changes,))], origin=f"changes={changes!r}")
 
-    return _build(_stage_sources(changes), origin="changes=")
+    sources = _stage_sources(changes)
+    if use_cache and _names_only(sources):
+        cached = _load_stages_with_cache(sources, cache_dir)
+        if cached is not None:
+            return cached
+    return _build(sources, origin="changes=")
 
 
 # -- sources -------------------------------------------------------------------------------
@@ -145,6 +161,8 @@ class _Collector:
         self.stages: dict[str, list[_Collected]] = {}
         self._seen: dict[type, str] = {}
         self._checked_templates: set[type] = set()
+        self.class_entries: list[str] = []
+        """The sources of the changes added by `class:` entries, which the cache stores."""
 
     # -- entry points
 
@@ -233,9 +251,12 @@ class _Collector:
     # -- classes
 
     def add_class_by_name(self, reference: str, stage: str, where: str) -> None:
+        if self.find_modules(reference.partition(":")[0], where):
+            self.add_named_class(reference, stage, where)
+
+    def add_named_class(self, reference: str, stage: str, where: str) -> None:
+        """Import the module of `module:QualifiedName` and add the class it names."""
         module_name, _, qualname = reference.partition(":")
-        if not self.find_modules(module_name, where):
-            return
         module = self.import_module(module_name, None)
         if module is None:
             return
@@ -250,6 +271,7 @@ class _Collector:
             )
             return
         self.add_class(target, stage, origin=where)
+        self.class_entries.append(_source_of(target)[0])
 
     def add_class(self, cls: object, stage: str, *, origin: str) -> None:
         if not isinstance(cls, type):
@@ -289,24 +311,12 @@ class _Collector:
     # -- templates
 
     def add_template(self, item: FileItem, stage: str, path: str) -> None:
-        fields = dict(item.fields)
-        common = {key: fields.pop(key) for key in _TEMPLATE_COMMON_FIELDS if key in fields}
-        location = f"{path}, line {item.line}"
-        spec = ChangeUnitSpec(
-            id=common.get("id"),
-            order=common.get("order"),
-            author=common.get("author"),
-            transactional=common.get("transactional", True),
-            recovery=common.get("recovery", Recovery.MANUAL_INTERVENTION),
-            run_always=common.get("run_always", False),
-            description=common.get("description", ""),
-        )
-        name = make_name(spec.id, location)
-        source = f"{path}#{spec.id}"
-        descriptor, problems = check_spec(
-            spec, stage=stage, source=source, file=path, location=location, template=item.value
-        )
+        descriptor, problems = _template_descriptor(item, stage, path)
         self.problems += problems
+        fields = {
+            key: value for key, value in item.fields.items() if key not in _TEMPLATE_COMMON_FIELDS
+        }
+        name = make_name(item.fields.get("id"), f"{path}, line {item.line}")
 
         template = self.find_template(item.value, name)
         config = None
@@ -405,22 +415,68 @@ class _Collector:
 
 
 def _build(sources: Iterable[_StageSource], *, origin: str) -> Pipeline:
+    return Pipeline(*_eager(_build_parts(sources, origin=origin)))
+
+
+def _build_parts(
+    sources: Iterable[_StageSource], *, origin: str
+) -> tuple[list[StagePlan], dict[str, LoadedChange]]:
     collector = _Collector()
     for source in sources:
         stage = collector.add_stage(source.name)
         if stage is not None:
             for item in source.items:
                 collector.add_item(item, stage)
-    stages, loaded = collector.finish(origin)
-    return Pipeline(stages, _EagerLoader(loaded))
+    return collector.finish(origin)
+
+
+def _template_descriptor(
+    item: FileItem, stage: str, path: str
+) -> tuple[ChangeDescriptor | None, list[str]]:
+    """Check the common fields of a template change and build its descriptor."""
+    common = {key: item.fields[key] for key in _TEMPLATE_COMMON_FIELDS if key in item.fields}
+    spec = ChangeUnitSpec(
+        id=common.get("id"),
+        order=common.get("order"),
+        author=common.get("author"),
+        transactional=common.get("transactional", True),
+        recovery=common.get("recovery", Recovery.MANUAL_INTERVENTION),
+        run_always=common.get("run_always", False),
+        description=common.get("description", ""),
+    )
+    return check_spec(
+        spec,
+        stage=stage,
+        source=f"{path}#{spec.id}",
+        file=path,
+        location=f"{path}, line {item.line}",
+        template=item.value,
+    )
+
+
+def _eager(
+    built: tuple[list[StagePlan], dict[str, LoadedChange]],
+) -> tuple[list[StagePlan], _EagerLoader]:
+    stages, loaded = built
+    return stages, _EagerLoader(loaded)
 
 
 def _load_pipeline_file(
-    path: str, templates: Mapping[str, type[ChangeTemplate]] | None
-) -> Pipeline:
+    path: str,
+    templates: Mapping[str, type[ChangeTemplate]] | None,
+    cache: _FileCache | None = None,
+) -> tuple[list[StagePlan], dict[str, LoadedChange]]:
+    """Read, import and validate a pipeline file; with `cache`, write its manifest cache."""
     from ._pipeline_file import parse_pipeline_file
 
     file_stages, problems = parse_pipeline_file(path)
+    references = _file_references(file_stages)
+    # Listing the files before importing them means that an edit made meanwhile is seen
+    # as a change by the next start-up.
+    signature = None
+    if cache is not None and not problems:
+        signature = _manifest.composite_signature(cache.key, references)
+
     collector = _Collector(templates)
     collector.problems += problems
     for file_stage in file_stages:
@@ -432,7 +488,22 @@ def _load_pipeline_file(
     if problems and not file_stages:
         raise PipelineValidationError(problems)
     stages, loaded = collector.finish(f"the pipeline file {path}")
-    return Pipeline(stages, _EagerLoader(loaded))
+    if cache is not None and signature is not None:
+        extra = {"references": references, "class_entries": collector.class_entries}
+        _manifest.write(cache.path, signature, stages, extra)
+    return stages, loaded
+
+
+def _file_references(file_stages: Sequence[FileStage]) -> list[str]:
+    """Return the package and module names of the module and class entries, in file order."""
+    names: dict[str, None] = {}
+    for file_stage in file_stages:
+        for item in file_stage.items:
+            if item.kind == "module":
+                names[item.value] = None
+            elif item.kind == "class":
+                names[item.value.partition(":")[0]] = None
+    return list(names)
 
 
 class _EagerLoader:
@@ -466,13 +537,9 @@ def _load_package_with_cache(
     path = _manifest.cache_file(location, cache_dir)
     stages = _manifest.read(path, signature)
     if stages is not None:
-        logger.debug(
-            "Loaded %d change descriptors of %s from %s",
-            sum(len(s.changes) for s in stages),
-            name,
-            path,
-        )
-        return _ManifestPipeline(stages, name=name, cache_dir=cache_dir)
+        _log_hit(stages, name, path)
+        reload = functools.partial(_reload_package, name, cache_dir)
+        return _ManifestPipeline(stages, reload=reload)
 
     stages, loaded = _import_package(name, modules)
     _manifest.write(path, signature, stages)
@@ -489,19 +556,171 @@ def _import_package(
     return collector.finish(f"changes={name!r}")
 
 
+def _reload_package(
+    name: str, cache_dir: str | os.PathLike[str] | None
+) -> tuple[list[StagePlan], dict[str, LoadedChange]]:
+    location = _manifest.locate(name)
+    if location is None:
+        raise PipelineValidationError(
+            f"Package {name!r} can no longer be found; check that it is on sys.path."
+        )
+    modules, signature = _manifest.scan(location)
+    stages, loaded = _import_package(name, modules)
+    _manifest.write(_manifest.cache_file(location, cache_dir), signature, stages)
+    return stages, loaded
+
+
+def _log_hit(stages: Sequence[StagePlan], name: str, path: str) -> None:
+    count = sum(len(stage.changes) for stage in stages)
+    logger.debug("Loaded %d change descriptors of %s from %s", count, name, path)
+
+
+# -- the manifest cache of a pipeline file -------------------------------------------------------
+
+
+class _FileCache(NamedTuple):
+    path: str
+    """The cache file."""
+    key: list[Any]
+    """The pipeline file's path, size and modification time, taken before reading it."""
+
+
+def _file_cache(path: str, cache_dir: str | os.PathLike[str] | None) -> _FileCache | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None  # reading the file reports the problem
+    absolute = os.path.abspath(path)
+    key: list[Any] = ["pipeline file", path, absolute, status.st_size, status.st_mtime_ns]
+    base = os.path.dirname(absolute)
+    return _FileCache(_manifest.cache_path(os.path.basename(path), absolute, base, cache_dir), key)
+
+
+def _load_file_with_cache(
+    path: str,
+    templates: Mapping[str, type[ChangeTemplate]] | None,
+    cache_dir: str | os.PathLike[str] | None,
+) -> Pipeline:
+    """Return the pipeline of a pipeline file from its cache, or read it and write the cache.
+
+    The cache file stores the package and module names that the pipeline file refers to, so
+    that the signature is checked without parsing the YAML.
+    """
+    cache = _file_cache(path, cache_dir)
+    if cache is None:
+        return Pipeline(*_eager(_load_pipeline_file(path, templates)))
+
+    document = _manifest.read_document(cache.path) or {}
+    references = document.get("references")
+    class_entries = document.get("class_entries")
+    if _is_strings(references) and _is_strings(class_entries):
+        signature = _manifest.composite_signature(cache.key, references)
+        stages = None if signature is None else _manifest.stages_of(document, signature, cache.path)
+        if stages is not None:
+            _log_hit(stages, path, cache.path)
+            return _ManifestPipeline(
+                stages,
+                reload=lambda: _load_pipeline_file(path, templates, _file_cache(path, cache_dir)),
+                templates=templates,
+                pipeline_file=path,
+                class_entries=class_entries,
+            )
+
+    return Pipeline(*_eager(_load_pipeline_file(path, templates, cache)))
+
+
+def _is_strings(value: object) -> TypeGuard[list[str]]:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+# -- the manifest cache of stages of package names ----------------------------------------------
+
+
+def _names_only(sources: Sequence[_StageSource]) -> bool:
+    return bool(sources) and all(
+        isinstance(source.name, str) and source.items and _is_strings(list(source.items))
+        for source in sources
+    )
+
+
+def _load_stages_with_cache(
+    sources: Sequence[_StageSource], cache_dir: str | os.PathLike[str] | None
+) -> Pipeline | None:
+    """Return the pipeline of stages of package names from the cache, or build and cache it.
+
+    Returns None when a package cannot be located without importing it.
+    """
+    cache = _stages_cache(sources, cache_dir)
+    if cache is None:
+        return None
+
+    path, signature = cache
+    stages = _manifest.read(path, signature)
+    if stages is not None:
+        _log_hit(stages, "changes=", path)
+        return _ManifestPipeline(stages, reload=lambda: _build_stages(sources, cache_dir))
+    return Pipeline(*_eager(_build_stages(sources, cache_dir, (path, signature))))
+
+
+def _stages_cache(
+    sources: Sequence[_StageSource], cache_dir: str | os.PathLike[str] | None
+) -> tuple[str, str] | None:
+    """Return the cache file and the signature of stages of package names, or None."""
+    references = list(dict.fromkeys(str(item) for source in sources for item in source.items))
+    first = _manifest.locate(references[0])
+    if first is None:
+        return None
+    key = ["stages", [[source.name, list(source.items)] for source in sources]]
+    signature = _manifest.composite_signature(key, references)
+    if signature is None:
+        return None
+
+    base = first.path if first.is_package else os.path.dirname(first.path)
+    identity = json.dumps([key, first.path])
+    return _manifest.cache_path(f"{first.name}.stages", identity, base, cache_dir), signature
+
+
+def _build_stages(
+    sources: Sequence[_StageSource],
+    cache_dir: str | os.PathLike[str] | None,
+    cache: tuple[str, str] | None = None,
+) -> tuple[list[StagePlan], dict[str, LoadedChange]]:
+    """Import and validate the stages, then write their cache (listed before the import)."""
+    if cache is None:
+        cache = _stages_cache(sources, cache_dir)
+    stages, loaded = _build_parts(sources, origin="changes=")
+    if cache is not None:
+        _manifest.write(cache[0], cache[1], stages)
+    return stages, loaded
+
+
+# -- the pipeline built from a manifest cache ----------------------------------------------------
+
+
 class _ManifestPipeline(Pipeline):
-    """A pipeline built from the manifest cache; `load(ids)` imports only what it needs."""
+    """A pipeline built from the manifest cache; `load(ids)` imports only what it needs.
+
+    Changes from `module:` entries and package names are checked module by module: every
+    change unit of an imported module must match the cache. Changes from `class:` entries
+    are checked one by one. Template changes are checked by reading the pipeline file again:
+    the common fields of every template change must match the cache, and the template's own
+    fields are validated for the changes requested.
+    """
 
     def __init__(
         self,
         stages: Sequence[StagePlan],
         *,
-        name: str,
-        cache_dir: str | os.PathLike[str] | None,
+        reload: _Reload,
+        templates: Mapping[str, type[ChangeTemplate]] | None = None,
+        pipeline_file: str | None = None,
+        class_entries: Iterable[str] = (),
     ) -> None:
         super().__init__(stages, self._load_from_manifest)
-        self._name = name
-        self._cache_dir = cache_dir
+        self._reload_all = reload
+        self._templates = templates
+        self._pipeline_file = pipeline_file
+        self._class_entries = frozenset(class_entries)
         self._by_module: dict[str, list[ChangeDescriptor]] | None = None
 
     def _load_from_manifest(self, change_ids: Sequence[str]) -> dict[str, LoadedChange]:
@@ -509,19 +728,37 @@ class _ManifestPipeline(Pipeline):
         if unknown:
             raise PipelineValidationError(_unknown_ids(unknown))
 
-        files = {_module_of(change): change.file for change in map(self._require, change_ids)}
-        module_names = list(files)
-        collector = _Collector()
-        collector.add_stage(DEFAULT_STAGE)
-        for module_name, file in files.items():
-            collector.add_module(module_name, file, DEFAULT_STAGE)
+        needed = [self._require(change_id) for change_id in change_ids]
+        collector = _Collector(self._templates)
+        collector.stages = {stage.name: [] for stage in self.stages}
+        expected: dict[str, ChangeDescriptor] = {}
+        modules: set[str] = set()
+        for change in needed:
+            if change.template is not None:
+                continue
+            if change.source in self._class_entries:
+                where = f"the pipeline file {self._pipeline_file}"
+                collector.add_named_class(change.source, change.stage, where)
+                expected[change.id] = change
+                continue
+            module = _module_of(change)
+            if module not in modules:
+                modules.add(module)
+                collector.add_module(module, change.file, change.stage)
+                expected.update((cached.id, cached) for cached in self._module_changes(module))
+
+        templates: list[ChangeDescriptor | None] = []
+        template_ids = {change.id for change in needed if change.template is not None}
+        if template_ids:
+            templates = self._read_templates(collector, template_ids)
+            expected.update((change.id, change) for change in self if change.template is not None)
         if collector.problems:
             raise PipelineValidationError(collector.problems)
 
         fresh = collector.loaded()
-        stale = self._stale_change(module_names, fresh)
+        stale = _stale_change(expected, [c.descriptor for c in fresh.values()] + templates)
         if stale is not None:
-            self._reload()
+            Pipeline.__init__(self, *_eager(self._reload_all()))
             raise StaleManifestError(
                 f"Change {stale.id!r} ({stale.where}) no longer matches the manifest cache "
                 "although its files are unchanged, probably because its @change_unit "
@@ -536,35 +773,61 @@ class _ManifestPipeline(Pipeline):
             raise PipelineValidationError(_unknown_ids([change_id]))
         return descriptor
 
-    def _stale_change(
-        self, module_names: Sequence[str], fresh: Mapping[str, LoadedChange]
-    ) -> ChangeDescriptor | None:
-        """Return a cached change that the imported modules contradict, or None."""
+    def _module_changes(self, module: str) -> list[ChangeDescriptor]:
+        """Return the cached changes found by importing `module` (not by `class:` entries)."""
         if self._by_module is None:
             self._by_module = {}
             for change in self:
-                self._by_module.setdefault(_module_of(change), []).append(change)
-        cached = [change for name in module_names for change in self._by_module.get(name, [])]
-        imported = [change.descriptor for change in fresh.values()]
-        for change in cached:
-            if change != (fresh[change.id].descriptor if change.id in fresh else None):
-                return change
-        cached_ids = {change.id for change in cached}
-        for descriptor in imported:
-            if descriptor.id not in cached_ids:
-                return descriptor
-        return None
+                if change.template is None and change.source not in self._class_entries:
+                    self._by_module.setdefault(_module_of(change), []).append(change)
+        return self._by_module.get(module, [])
 
-    def _reload(self) -> None:
-        location = _manifest.locate(self._name)
-        if location is None:
-            raise PipelineValidationError(
-                f"Package {self._name!r} can no longer be found; check that it is on sys.path."
-            )
-        modules, signature = _manifest.scan(location)
-        stages, loaded = _import_package(self._name, modules)
-        _manifest.write(_manifest.cache_file(location, self._cache_dir), signature, stages)
-        Pipeline.__init__(self, stages, _EagerLoader(loaded))
+    def _read_templates(
+        self, collector: _Collector, change_ids: set[str]
+    ) -> list[ChangeDescriptor | None]:
+        """Read the pipeline file again and add the template changes `change_ids` to
+        `collector`, fully validated; return the descriptors of the other template changes."""
+        from ._pipeline_file import parse_pipeline_file
+
+        path = self._pipeline_file
+        if path is None:
+            raise PipelineValidationError(_unknown_ids(sorted(change_ids)))
+        file_stages, problems = parse_pipeline_file(path)
+        if problems:
+            raise PipelineValidationError(problems)
+
+        others: list[ChangeDescriptor | None] = []
+        for file_stage in file_stages:
+            collector.stages.setdefault(file_stage.name, [])
+            for item in file_stage.items:
+                if item.kind != "template":
+                    continue
+                if item.fields.get("id") in change_ids:
+                    collector.add_template(item, file_stage.name, path)
+                else:
+                    others.append(_template_descriptor(item, file_stage.name, path)[0])
+        return others
+
+
+def _stale_change(
+    expected: Mapping[str, ChangeDescriptor], fresh: Sequence[ChangeDescriptor | None]
+) -> ChangeDescriptor | None:
+    """Return a cached change that the fresh descriptors contradict, or None.
+
+    A None in `fresh` is a change whose common fields became invalid, which also makes the
+    cache stale: the reload then reports the problem.
+    """
+    seen: dict[str, ChangeDescriptor] = {}
+    for descriptor in fresh:
+        if descriptor is None:
+            return next(iter(expected.values()), None)
+        if descriptor.id in seen or expected.get(descriptor.id) != descriptor:
+            return expected.get(descriptor.id, descriptor)
+        seen[descriptor.id] = descriptor
+    for change in expected.values():
+        if change.id not in seen:
+            return change
+    return None
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -1,11 +1,19 @@
-"""The manifest cache: change descriptors of a package, reused while its files are unchanged.
+"""The manifest cache: change descriptors of a pipeline, reused while its files are unchanged.
 
 A start-up with nothing pending should not import every change module. For a package given
 by name, `locate` finds its files without importing it, and `scan` lists its `.py` files
 with their size and modification time. The cache file stores the validated descriptors
 under a signature of that listing, the Python version and the library version. Any change to a
 file, an added or removed file, or another interpreter gives another signature, so the
-cache is rebuilt. The file is JSON (never pickle), written atomically; a cache that cannot be
+cache is rebuilt.
+
+A pipeline file (YAML) or a list of stages of package names is cached the same way, under a
+composite signature: the pipeline file's own path, size and modification time (or the stage
+structure), plus the listing of every package or module it names. The cache file of a
+pipeline file also stores those names, so that a hit needs neither PyYAML nor the file's
+content to check the signature.
+
+The file is JSON (never pickle), written atomically; a cache that cannot be
 read or written is skipped with a DEBUG log line, because a read-only container filesystem
 must not stop a run.
 """
@@ -24,7 +32,19 @@ from typing import Any, NamedTuple
 from ._changes import ChangeDescriptor, Recovery, StagePlan
 from ._version import __version__
 
-__all__ = ["PackageLocation", "ScannedModule", "locate", "scan", "cache_file", "read", "write"]
+__all__ = [
+    "PackageLocation",
+    "ScannedModule",
+    "locate",
+    "scan",
+    "composite_signature",
+    "cache_file",
+    "cache_path",
+    "read",
+    "read_document",
+    "stages_of",
+    "write",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +154,13 @@ def scan(location: PackageLocation) -> tuple[list[ScannedModule], str]:
     Sub-directories named like Python identifiers are scanned too, with or without an
     `__init__.py`, so that a forgotten `__init__.py` never hides a change.
     """
+    modules, stats = _scan_stats(location)
+    return modules, _signature(location, stats)
+
+
+def _scan_stats(
+    location: PackageLocation,
+) -> tuple[list[ScannedModule], list[tuple[str, int, int]]]:
     modules: list[ScannedModule] = []
     stats: list[tuple[str, int, int]] = []
 
@@ -144,7 +171,7 @@ def scan(location: PackageLocation) -> tuple[list[ScannedModule], str]:
         modules.append(ScannedModule(location.name, location.path))
         stats.append((location.path, status.st_size, status.st_mtime_ns))
 
-    return modules, _signature(location, stats)
+    return modules, stats
 
 
 def _scan_directory(
@@ -173,38 +200,79 @@ def _scan_directory(
 
 
 def _signature(location: PackageLocation, stats: list[tuple[str, int, int]]) -> str:
+    return _digest([location.name, location.path, stats])
+
+
+def composite_signature(key: Any, references: Sequence[str]) -> str | None:
+    """Return the signature of a pipeline described by `key` that names `references`.
+
+    `key` is JSON data that identifies the pipeline itself, for a pipeline file its path,
+    size and modification time. Each reference, a package or module name, adds the listing
+    of its files. Returns None when a reference cannot be located without importing it, in
+    which case the pipeline is not cached.
+    """
+    trees: list[Any] = []
+    for name in references:
+        location = locate(name)
+        if location is None:
+            logger.debug("Not caching the change manifest: %s cannot be located", name)
+            return None
+        try:
+            stats = _scan_stats(location)[1]
+        except OSError as error:
+            logger.debug("Not caching the change manifest: scanning %s failed: %s", name, error)
+            return None
+        trees.append([name, location.path, location.is_package, stats])
+    return _digest([key, trees])
+
+
+def _digest(material: list[Any]) -> str:
     import hashlib
 
-    material = [
+    versions: list[Any] = [
         FORMAT,
         __version__,
         sys.version,
         sys.implementation.cache_tag,
         _FIELDS,
-        location.name,
-        location.path,
-        stats,
     ]
-    return hashlib.sha256(json.dumps(material).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(versions + material).encode()).hexdigest()
 
 
 def cache_file(location: PackageLocation, cache_dir: str | os.PathLike[str] | None) -> str:
     """Return the cache file of a package: in `cache_dir`, `$FLAMINGOCK_CACHE_DIR`, or its
     `__pycache__` directory, in that order of preference."""
+    base = location.path if location.is_package else os.path.dirname(location.path)
+    return cache_path(location.name, location.path, base, cache_dir)
+
+
+def cache_path(
+    label: str, identity: str, base: str, cache_dir: str | os.PathLike[str] | None
+) -> str:
+    """Return the cache file for `label`: in `cache_dir`, `$FLAMINGOCK_CACHE_DIR`, or the
+    `__pycache__` directory under `base`, in that order of preference.
+
+    `identity` (a path, or other text that tells pipelines apart) is hashed into the name, so
+    that two projects with the same package or file name stay apart in a shared directory.
+    """
     import hashlib
 
     directory = cache_dir if cache_dir is not None else os.environ.get(CACHE_DIR_VARIABLE)
     if not directory:
-        base = location.path if location.is_package else os.path.dirname(location.path)
         directory = os.path.join(base, "__pycache__")
 
-    # The path's hash keeps two projects with the same package name apart in a shared dir.
-    path_hash = hashlib.sha256(location.path.encode()).hexdigest()[:12]
-    return os.path.join(directory, f"flamingock-manifest.{location.name}.{path_hash}.json")
+    identity_hash = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    return os.path.join(directory, f"flamingock-manifest.{label}.{identity_hash}.json")
 
 
 def read(path: str, signature: str) -> list[StagePlan] | None:
     """Return the stages stored in the cache file, or None when it is missing, stale or corrupt."""
+    document = read_document(path)
+    return None if document is None else stages_of(document, signature, path)
+
+
+def read_document(path: str) -> dict[str, Any] | None:
+    """Return the content of the cache file, or None when it is missing or unreadable."""
     try:
         with open(path, "rb") as stream:
             data = json.loads(stream.read())
@@ -213,12 +281,16 @@ def read(path: str, signature: str) -> list[StagePlan] | None:
     except (OSError, ValueError) as error:
         logger.debug("Ignoring unreadable manifest cache %s: %s", path, error)
         return None
+    return data if isinstance(data, dict) else None
 
-    if not isinstance(data, dict) or data.get("signature") != signature:
+
+def stages_of(document: dict[str, Any], signature: str, path: str) -> list[StagePlan] | None:
+    """Return the stages of a cache document, or None when its signature is not `signature`."""
+    if document.get("signature") != signature:
         return None
 
     try:
-        return [_stage_from_json(stage) for stage in data["stages"]]
+        return [_stage_from_json(stage) for stage in document["stages"]]
     except (KeyError, TypeError, ValueError) as error:
         logger.debug("Ignoring corrupt manifest cache %s: %s", path, error)
         return None
@@ -241,7 +313,7 @@ def _stage_from_json(stage: dict[str, Any]) -> StagePlan:
                     transactional,
                     _RECOVERIES[recovery],
                     run_always,
-                    f"{module}:{qualname}",
+                    module if qualname is None else f"{module}:{qualname}",
                     file,
                     description,
                     template,
@@ -250,11 +322,20 @@ def _stage_from_json(stage: dict[str, Any]) -> StagePlan:
     return StagePlan(name, tuple(changes))
 
 
-def write(path: str, signature: str, stages: Sequence[StagePlan]) -> None:
-    """Write the cache file atomically; on failure, log at DEBUG and carry on without it."""
+def write(
+    path: str,
+    signature: str,
+    stages: Sequence[StagePlan],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write the cache file atomically; on failure, log at DEBUG and carry on without it.
+
+    `extra` adds JSON keys that the caller reads back with `read_document`.
+    """
     import tempfile
 
     document = {
+        **(extra or {}),
         "format": FORMAT,
         "signature": signature,
         "row": _ROW,
@@ -277,7 +358,9 @@ def write(path: str, signature: str, stages: Sequence[StagePlan]) -> None:
 def _stage_to_json(stage: StagePlan) -> dict[str, Any]:
     groups: list[dict[str, Any]] = []
     for change in stage.changes:
-        module, _, qualname = change.source.partition(":")
+        # A template change's source is "file#id", with no qualified name (stored as null).
+        module, colon, name = change.source.partition(":")
+        qualname = name if colon else None
         if not groups or groups[-1]["module"] != module or groups[-1]["file"] != change.file:
             groups.append({"module": module, "file": change.file, "changes": []})
         groups[-1]["changes"].append(
