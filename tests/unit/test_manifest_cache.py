@@ -6,15 +6,17 @@ import importlib
 import json
 import logging
 import os
+import subprocess
 import sys
 import textwrap
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from flamingock_async import PipelineValidationError, _manifest
+from flamingock_async import PipelineValidationError, Stage, _manifest
 from flamingock_async._changes import Pipeline
 from flamingock_async._discovery import StaleManifestError, load_pipeline
 
@@ -331,3 +333,327 @@ def test_stale_metadata_reloads_pipeline(
     forget(package)
     assert ids(load_pipeline(package, cache_dir=cache_dir)) == ["second-name"]
     assert imported(package) == []
+
+
+# -- pipeline files ------------------------------------------------------------------------------
+
+# Prints which of the watched modules a load imported, in a fresh interpreter: the test process
+# has imported PyYAML, pydantic and the change modules already.
+LOAD_SCRIPT = """
+import json, sys
+from flamingock_async._discovery import load_pipeline
+
+path, cache_dir, load_ids, watched = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4:]
+before = set(sys.modules)
+pipeline = load_pipeline(path, cache_dir=cache_dir)
+loaded = sorted(pipeline.load(load_ids)) if load_ids else []
+imported = sorted(
+    name for name in set(sys.modules) - before if name.split(".")[0] in watched
+)
+print(json.dumps({
+    "kind": type(pipeline).__name__,
+    "ids": [change.id for change in pipeline],
+    "loaded": loaded,
+    "imported": imported,
+}))
+"""
+
+SQL_CHANGE = """
+      - template: sql
+        id: {change_id}
+        order: "{order}"
+        author: team
+        apply: CREATE TABLE {table} (x INTEGER)
+"""
+
+
+class FilePipeline:
+    """A pipeline file naming a package (module entry), a module (class entry) and SQL."""
+
+    def __init__(self, root: Path, package: str, extra: str) -> None:
+        self.root = root
+        self.package = package
+        self.extra = extra
+        self.path = root / "pipeline.yaml"
+        self.write()
+
+    def write(self, more: str = "") -> None:
+        self.path.write_text(
+            "stages:\n"
+            "  - name: first\n"
+            "    changes:\n"
+            f"      - module: {self.package}\n"
+            + SQL_CHANGE.format(change_id="make-t", order="4", table="t")
+            + more
+            + "  - name: second\n"
+            "    changes:\n"
+            f"      - class: {self.extra}:Change\n"
+        )
+
+    def subprocess_load(self, cache_dir: Path, load_ids: list[str] | None = None) -> Any:
+        watched = ["yaml", "pydantic", self.package, self.extra]
+        result = subprocess.run(
+            [sys.executable, "-c", LOAD_SCRIPT, str(self.path), str(cache_dir),
+             json.dumps(load_ids or []), *watched],
+            env={**os.environ, "PYTHONPATH": str(self.root)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+
+@pytest.fixture
+def pipeline_file(make_package: MakePackage, package_root: Path) -> Iterator[FilePipeline]:
+    package = three_changes(make_package)
+    extra = f"extra_{uuid.uuid4().hex[:10]}"
+    (package_root / f"{extra}.py").write_text(change_source('"in-extra"', "1"))
+    yield FilePipeline(package_root, package, extra)
+    forget(extra)
+
+
+FILE_IDS = ["in-a", "in-b", "in-c", "make-t", "in-extra"]
+
+
+def test_file_second_load_imports_nothing(pipeline_file: FilePipeline, cache_dir: Path) -> None:
+    first = pipeline_file.subprocess_load(cache_dir)
+
+    second = pipeline_file.subprocess_load(cache_dir)
+
+    assert first["kind"] == "Pipeline"
+    assert "yaml" in first["imported"]
+    assert second["kind"] == "_ManifestPipeline"
+    assert second["ids"] == FILE_IDS
+    assert second["imported"] == []
+
+
+def test_file_load_imports_only_module(pipeline_file: FilePipeline, cache_dir: Path) -> None:
+    pipeline_file.subprocess_load(cache_dir)
+
+    second = pipeline_file.subprocess_load(cache_dir, ["in-c"])
+
+    package = pipeline_file.package
+    assert second["loaded"] == ["in-c"]
+    assert second["imported"] == [package, f"{package}.sub", f"{package}.sub.c"]
+
+
+def test_file_load_class_entry(pipeline_file: FilePipeline, cache_dir: Path) -> None:
+    pipeline_file.subprocess_load(cache_dir)
+
+    second = pipeline_file.subprocess_load(cache_dir, ["in-extra"])
+
+    assert second["loaded"] == ["in-extra"]
+    assert second["imported"] == [pipeline_file.extra]
+
+
+def test_file_load_template_reads_file(pipeline_file: FilePipeline, cache_dir: Path) -> None:
+    pipeline_file.subprocess_load(cache_dir)
+
+    second = pipeline_file.subprocess_load(cache_dir, ["make-t"])
+
+    assert second["loaded"] == ["make-t"]
+    assert "yaml" in second["imported"]
+    assert "pydantic" in second["imported"]
+    assert pipeline_file.package not in second["imported"]
+    assert pipeline_file.extra not in second["imported"]
+
+
+def test_file_cached_matches_first(pipeline_file: FilePipeline, cache_dir: Path) -> None:
+    first = load_pipeline(pipeline_file.path, cache_dir=cache_dir)
+    forget(pipeline_file.package, pipeline_file.extra)
+
+    second = load_pipeline(pipeline_file.path, cache_dir=cache_dir)
+
+    assert type(second) is not Pipeline
+    assert list(second) == list(first)
+    assert [stage.name for stage in second.stages] == ["first", "second"]
+    assert imported(pipeline_file.package) == []
+
+
+def test_file_loads_all_from_cache(pipeline_file: FilePipeline, cache_dir: Path) -> None:
+    load_pipeline(pipeline_file.path, cache_dir=cache_dir)
+    forget(pipeline_file.package, pipeline_file.extra)
+    pipeline = load_pipeline(pipeline_file.path, cache_dir=cache_dir)
+
+    loaded = pipeline.load(FILE_IDS)
+
+    assert sorted(loaded) == sorted(FILE_IDS)
+    assert all(loaded[change.id].descriptor == change for change in pipeline)
+    assert repr(loaded["make-t"].new_instance()) == "SqlTemplate('make-t')"
+
+
+def test_file_edit_invalidates(pipeline_file: FilePipeline, cache_dir: Path) -> None:
+    load_pipeline(pipeline_file.path, cache_dir=cache_dir)
+    forget(pipeline_file.package, pipeline_file.extra)
+    pipeline_file.write(SQL_CHANGE.format(change_id="make-u", order="5", table="u"))
+
+    pipeline = load_pipeline(pipeline_file.path, cache_dir=cache_dir)
+
+    assert ids(pipeline) == ["in-a", "in-b", "in-c", "make-t", "make-u", "in-extra"]
+    assert type(pipeline) is Pipeline
+
+
+def test_file_module_edit_invalidates(pipeline_file: FilePipeline, cache_dir: Path) -> None:
+    load_pipeline(pipeline_file.path, cache_dir=cache_dir)
+    forget(pipeline_file.package, pipeline_file.extra)
+    module = pipeline_file.root / pipeline_file.package / "a.py"
+    module.write_text(change_source('"in-a"', "0005"))
+
+    pipeline = load_pipeline(pipeline_file.path, cache_dir=cache_dir)
+
+    assert ids(pipeline) == ["in-b", "in-c", "make-t", "in-a", "in-extra"]
+    assert type(pipeline) is Pipeline
+
+
+def test_file_class_edit_invalidates(pipeline_file: FilePipeline, cache_dir: Path) -> None:
+    load_pipeline(pipeline_file.path, cache_dir=cache_dir)
+    forget(pipeline_file.package, pipeline_file.extra)
+    module = pipeline_file.root / f"{pipeline_file.extra}.py"
+    module.write_text(change_source('"in-extra-renamed"', "1"))
+
+    pipeline = load_pipeline(pipeline_file.path, cache_dir=cache_dir)
+
+    assert ids(pipeline)[-1] == "in-extra-renamed"
+    assert type(pipeline) is Pipeline
+
+
+def edit_in_place(path: Path, old: str, new: str) -> None:
+    """Replace text by text of the same length and keep the modification time."""
+    status = path.stat()
+    text = path.read_text()
+    assert len(old) == len(new)
+    assert old in text
+    path.write_text(text.replace(old, new))
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+
+
+def test_file_template_fields_validated(pipeline_file: FilePipeline, cache_dir: Path) -> None:
+    """A pending template change is validated by its template even on a cache hit."""
+    load_pipeline(pipeline_file.path, cache_dir=cache_dir)
+    edit_in_place(pipeline_file.path, "apply: CREATE", "aplly: CREATE")
+    pipeline = load_pipeline(pipeline_file.path, cache_dir=cache_dir)
+    assert type(pipeline) is not Pipeline
+
+    with pytest.raises(PipelineValidationError) as caught:
+        pipeline.load(["make-t"])
+
+    message = str(caught.value)
+    assert "invalid field 'aplly' for the 'sql' template" in message
+    assert "invalid field 'apply' for the 'sql' template" in message
+    assert f"{pipeline_file.path}, line" in message
+
+
+def test_file_template_stale_reloads(pipeline_file: FilePipeline, cache_dir: Path) -> None:
+    load_pipeline(pipeline_file.path, cache_dir=cache_dir)
+    edit_in_place(pipeline_file.path, 'order: "4"', 'order: "6"')
+    pipeline = load_pipeline(pipeline_file.path, cache_dir=cache_dir)
+
+    with pytest.raises(StaleManifestError, match="'make-t'"):
+        pipeline.load(["make-t"])
+
+    assert ids(pipeline) == ["in-a", "in-b", "in-c", "make-t", "in-extra"]
+    changed = pipeline.get("make-t")
+    assert changed is not None
+    assert changed.order == "6"
+    assert list(pipeline.load(["make-t"])) == ["make-t"]
+
+
+def test_file_classes_checked_one_by_one(package_root: Path, cache_dir: Path) -> None:
+    """Two classes of one module in two stages load separately without a false mismatch."""
+    module = f"pair_{uuid.uuid4().hex[:10]}"
+    (package_root / f"{module}.py").write_text(
+        change_source('"first-class"', "1")
+        + change_source('"second-class"', "2").replace("class Change", "class Other")
+    )
+    path = package_root / "pair.yaml"
+    path.write_text(
+        "stages:\n"
+        f"  - {{name: one, changes: [{{class: '{module}:Change'}}]}}\n"
+        f"  - {{name: two, changes: [{{class: '{module}:Other'}}]}}\n"
+    )
+    load_pipeline(path, cache_dir=cache_dir)
+    forget(module)
+    pipeline = load_pipeline(path, cache_dir=cache_dir)
+
+    loaded = pipeline.load(["second-class"])
+
+    assert list(loaded) == ["second-class"]
+    assert loaded["second-class"].descriptor.stage == "two"
+    forget(module)
+
+
+def test_file_cache_next_to_file(
+    pipeline_file: FilePipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FLAMINGOCK_CACHE_DIR", raising=False)
+
+    load_pipeline(pipeline_file.path)
+
+    cached = list((pipeline_file.root / "__pycache__").glob("flamingock-manifest.*.json"))
+    assert [path.name.split(".")[1:3] for path in cached] == [["pipeline", "yaml"]]
+
+
+def test_file_unwritable_cache_skipped(
+    pipeline_file: FilePipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FLAMINGOCK_CACHE_DIR", raising=False)
+    (pipeline_file.root / "__pycache__").write_text("")  # a file where the directory would go
+
+    first = load_pipeline(pipeline_file.path)
+    second = load_pipeline(pipeline_file.path)
+
+    assert ids(first) == FILE_IDS
+    assert type(second) is Pipeline
+
+
+def test_file_without_cache(pipeline_file: FilePipeline, cache_dir: Path) -> None:
+    load_pipeline(pipeline_file.path, cache_dir=cache_dir, use_cache=False)
+
+    assert not cache_dir.exists()
+
+
+def test_invalid_file_is_not_cached(pipeline_file: FilePipeline, cache_dir: Path) -> None:
+    pipeline_file.write(SQL_CHANGE.format(change_id="make-t", order="5", table="u"))
+
+    with pytest.raises(PipelineValidationError):
+        load_pipeline(pipeline_file.path, cache_dir=cache_dir)
+
+    assert not cache_dir.exists() or list(cache_dir.iterdir()) == []
+
+
+# -- stages of package names ---------------------------------------------------------------------
+
+
+def test_stage_names_cached(make_package: MakePackage, cache_dir: Path) -> None:
+    first_package = three_changes(make_package)
+    second_package = make_package({"d.py": change_source('"in-d"', "1")})
+    stages = [Stage("one", [first_package]), Stage("two", f"{second_package}.d")]
+    first = load_pipeline(stages, cache_dir=cache_dir)
+    forget(first_package, second_package)
+
+    second = load_pipeline(stages, cache_dir=cache_dir)
+
+    assert type(second) is not Pipeline
+    assert list(second) == list(first)
+    assert imported(first_package) == []
+    assert imported(second_package) == []
+    assert list(second.load(["in-d"])) == ["in-d"]
+    assert imported(first_package) == []
+    assert imported(second_package) == [second_package, f"{second_package}.d"]
+
+
+def test_stage_names_edit_invalidates(
+    make_package: MakePackage, package_root: Path, cache_dir: Path
+) -> None:
+    package = three_changes(make_package)
+    stages = [Stage("one", [f"{package}.a", f"{package}.b"]), Stage("two", f"{package}.sub")]
+    load_pipeline(stages, cache_dir=cache_dir)
+    forget(package)
+    (package_root / package / "sub" / "d.py").write_text(change_source('"in-d"', "4"))
+
+    pipeline = load_pipeline(stages, cache_dir=cache_dir)
+
+    assert ids(pipeline) == ["in-a", "in-b", "in-c", "in-d"]
+    assert type(pipeline) is Pipeline
