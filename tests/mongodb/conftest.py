@@ -7,9 +7,7 @@ run too. Without it they are skipped, because nx-27017 does not isolate transact
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import gc
 import os
 import socket
 import subprocess
@@ -32,18 +30,39 @@ REAL_ONLY_REASON = (
     "or check credentials"
 )
 
-# PyMongo 4.20's async pool leaves the socket of a refused connection to the garbage collector,
-# which reports it as an unraisable ResourceWarning; tests of unreachable servers collect it.
-LEAKS_REFUSED_SOCKET = pytest.mark.filterwarnings(
-    "ignore::pytest.PytestUnraisableExceptionWarning", "ignore::ResourceWarning"
-)
+# Opens a driver on a URL whose server is unreachable and prints the error's type and message.
+# It runs in a child process because PyMongo 4.20's async pool leaves the socket of a refused
+# connection to the garbage collector, whose ResourceWarning would fail a later test.
+_OPEN_UNREACHABLE = """
+import asyncio, logging, sys
+from flamingock_async.drivers import driver_from_url
+
+async def main():
+    logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+    driver = driver_from_url(sys.argv[1])
+    try:
+        await driver.open()
+    except Exception as error:
+        print(type(error).__name__)
+        print(error)
+    finally:
+        await driver.aclose()
+
+asyncio.run(main())
+"""
 
 
-async def collect_refused_sockets() -> None:
-    """Let the closed client's monitor tasks finish, then collect what they left."""
-    for _ in range(5):
-        await asyncio.sleep(0.02)
-        gc.collect()
+def open_unreachable(url: str) -> tuple[str, str, str]:
+    """Open a driver on `url` in a child process; return the error type, message and logs."""
+    result = subprocess.run(
+        [sys.executable, "-c", _OPEN_UNREACHABLE, url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    error_type, _, message = result.stdout.partition("\n")
+    return error_type, message.strip(), result.stderr
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ from flamingock_async import (
 )
 from flamingock_async.drivers.mongodb import MongoDriver
 
-from .conftest import LEAKS_REFUSED_SOCKET, MongoServer, collect_refused_sockets, free_port
+from .conftest import MongoServer, free_port, open_unreachable
 
 
 def _operation_failure(cls: type[Any], code: int, message: str = "failed") -> Any:
@@ -151,16 +151,13 @@ def test_other_exception_translated() -> None:
     assert type(driver.translate_error(RuntimeError("odd"))) is DriverError
 
 
-@LEAKS_REFUSED_SOCKET
-async def test_unreachable_server_reported() -> None:
+def test_unreachable_server_reported() -> None:
     port = free_port()
-    driver = MongoDriver(f"mongodb://127.0.0.1:{port}", "orders", server_selection_timeout=0.3)
-    with pytest.raises(DriverUnavailableError) as caught:
-        await driver.open()
-    await driver.aclose()
-    await collect_refused_sockets()
-    assert f"127.0.0.1:{port}" in str(caught.value)
-    assert "0.3 s" in str(caught.value)
+    url = f"mongodb://127.0.0.1:{port}/orders?serverSelectionTimeoutMS=300"
+    error_type, message, _ = open_unreachable(url)
+    assert error_type == "DriverUnavailableError"
+    assert f"127.0.0.1:{port}" in message
+    assert "0.3 s" in message
 
 
 async def test_invalid_database_name(mongo_server: MongoServer) -> None:

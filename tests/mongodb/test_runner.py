@@ -169,6 +169,13 @@ def read_line(process: subprocess.Popen[str], expected: str) -> None:
         )
 
 
+def stop(process: subprocess.Popen[str]) -> None:
+    """Kill `process` if it still runs, then close its pipes."""
+    if process.poll() is None:
+        process.kill()
+    process.communicate()
+
+
 def start_together(processes: list[subprocess.Popen[str]]) -> None:
     for process in processes:
         read_line(process, "ready")
@@ -190,9 +197,7 @@ async def test_ten_processes_apply_once(
         outputs = [process.communicate(timeout=180) for process in processes]
     finally:
         for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+            stop(process)
     reports = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
     assert [process.returncode for process in processes] == [0] * 10, outputs
     assert len({process.pid for process in processes}) == 10
@@ -217,9 +222,7 @@ async def test_killed_runner_needs_manual_intervention(
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        stop(process)
     driver = MongoDriver(mongo_server.uri, database_name, transactions=False)
     try:
         with pytest.raises(ManualInterventionRequiredError, match="slow-import") as caught:

@@ -2,9 +2,9 @@
 
 Storage:
 
-* the audit collection holds one document per `AuditEntry` (the fields of `to_dict()`, with a
+* the audit collection contains one document per `AuditEntry` (the fields of `to_dict()`, with a
   generated `_id`), with a unique index on `entry_id` so that a retried append is a no-op;
-* the lock collection holds one document per lock key, with `_id` set to the key, and a
+* the lock collection contains one document per lock key, with `_id` set to the key, and a
   fence document per key (`_id` is the key followed by `:fence`) holding the owner and epoch
   of the current holding. Times are epoch milliseconds, so that no datetime is compared.
 
@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import anyio
 
@@ -39,8 +39,8 @@ from .._errors import (
     MissingDependencyError,
 )
 from .._lock import Fence, LockRecord
-from . import redact_url
 from ._base import ChangeBodyFailed, Driver, TransactionBody
+from ._mongodb_url import DEFAULT_AUDIT_COLLECTION, DEFAULT_LOCK_COLLECTION
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.client_session import AsyncClientSession
@@ -50,22 +50,12 @@ __all__ = ["MongoDriver", "from_url"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_AUDIT_COLLECTION = "flamingock_audit"
-DEFAULT_LOCK_COLLECTION = "flamingock_lock"
-
 # How long a transactional change is retried on transient errors, as the `with_transaction`
 # helper of the MongoDB driver specifications does (120 s there too).
 TRANSACTION_RETRY_DEADLINE = 120.0
 
 # Upper bound, in seconds, for aborting a transaction or ending a session during cleanup.
 _CLEANUP_TIMEOUT = 10.0
-
-# Query parameters of a store URL that this driver reads and removes before PyMongo sees it.
-_URL_PARAMETERS = {
-    "auditcollection": "auditCollection",
-    "lockcollection": "lockCollection",
-    "transactions": "transactions",
-}
 
 # Server error codes (src/mongo/base/error_codes.yml in the MongoDB server sources).
 _AUTH_CODES = {13, 18}  # Unauthorized, AuthenticationFailed
@@ -392,7 +382,7 @@ class MongoDriver(Driver):
         from pymongo import ReturnDocument
 
         # A compare-and-set on the version alone: every write increments it, so a match proves
-        # that nobody wrote the record since the caller read it.
+        # that no other write reached the record since the caller read it.
         before = await self._locks.find_one_and_replace(
             {"_id": key, "version": expected_version},
             _lock_document(record),
@@ -724,76 +714,10 @@ def _explain_transaction_rejection(carrier: ChangeBodyFailed) -> ChangeBodyFaile
 def from_url(url: str) -> MongoDriver:
     """Build a driver from `mongodb://[user:password@]HOST[:PORT]/DATABASE[?OPTIONS]`.
 
-    `mongodb+srv://` works too. Besides PyMongo's connection options, the query may hold
+    `mongodb+srv://` works too. Besides PyMongo's connection options, the query may contain
     `auditCollection`, `lockCollection` and `transactions` (`true`, `false` or `auto`).
     """
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("mongodb", "mongodb+srv"):
-        raise ConfigurationError(
-            f"The URL {redact_url(url)!r} is not a MongoDB URL; it must start with mongodb:// "
-            "or mongodb+srv://."
-        )
-    database = unquote(parts.path.lstrip("/"))
-    if not database:
-        raise ConfigurationError(
-            f"The MongoDB URL {redact_url(url)!r} names no database; add it as the path, as in "
-            "mongodb://localhost:27017/myapp."
-        )
-    ours, theirs = _split_query(url, parts.query)
-    driver_url = parts._replace(query=urlencode(theirs)).geturl()
-    options: dict[str, Any] = {
-        "audit_collection": ours.get("auditCollection", DEFAULT_AUDIT_COLLECTION),
-        "lock_collection": ours.get("lockCollection", DEFAULT_LOCK_COLLECTION),
-        "transactions": _parse_transactions(url, ours.get("transactions", "auto")),
-    }
-    timeout = next((v for k, v in theirs if k.lower() == "serverselectiontimeoutms"), None)
-    if timeout is not None:
-        options["server_selection_timeout"] = _parse_timeout(url, timeout)
+    from ._mongodb_url import parse_store_url
+
+    driver_url, database, options = parse_store_url(url)
     return MongoDriver(driver_url, database, **options)
-
-
-def _split_query(url: str, query: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """Split the query into this driver's parameters and PyMongo's; reject unknown ones."""
-    import pymongo.common
-
-    known = set(pymongo.common.URI_OPTIONS_VALIDATOR_MAP) | set(
-        pymongo.common.URI_OPTIONS_ALIAS_MAP
-    )
-    ours: dict[str, str] = {}
-    theirs: list[tuple[str, str]] = []
-    for name, value in parse_qsl(query, keep_blank_values=True):
-        canonical = _URL_PARAMETERS.get(name.lower())
-        if canonical is not None:
-            ours[canonical] = value
-        elif name.lower() in known:
-            theirs.append((name, value))
-        else:
-            accepted = ", ".join(sorted(_URL_PARAMETERS.values()))
-            raise ConfigurationError(
-                f"Unknown query parameter {name!r} in the MongoDB URL {redact_url(url)!r}; use "
-                f"{accepted} or a PyMongo connection option."
-            )
-    return ours, theirs
-
-
-def _parse_transactions(url: str, value: str) -> bool | None:
-    choices: dict[str, bool | None] = {"true": True, "false": False, "auto": None}
-    if value.lower() not in choices:
-        raise ConfigurationError(
-            f"transactions={value!r} in the MongoDB URL {redact_url(url)!r} is invalid; use "
-            "true, false or auto."
-        )
-    return choices[value.lower()]
-
-
-def _parse_timeout(url: str, value: str) -> float:
-    try:
-        milliseconds = float(value)
-    except ValueError:
-        milliseconds = -1.0
-    if milliseconds <= 0:
-        raise ConfigurationError(
-            f"serverSelectionTimeoutMS={value!r} in the MongoDB URL {redact_url(url)!r} is "
-            "invalid; use a positive number of milliseconds."
-        )
-    return milliseconds / 1000
