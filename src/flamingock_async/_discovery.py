@@ -4,12 +4,12 @@
 objects, or the path of a pipeline file (YAML). Every problem of every change is collected
 into one `PipelineValidationError` before any store is touched.
 
-For a package or module name, a pipeline file, and a list of stages made only of package
-and module names, the validated descriptors are cached (see `_manifest`), so that a later
-start-up with unchanged files imports no change module, and for a pipeline file neither
-PyYAML nor pydantic. The pipeline's `load(ids)` then imports only the modules that define the
-changes about to run (for a template change: re-reads the pipeline file and validates that
-change's fields with its template), validates them fully and compares them with the cache.
+The validated descriptors are cached (see `_manifest`) for a package or module name, a
+pipeline file, and a list of stages made only of package and module names. A later start-up
+with unchanged files then imports no change module, and for a pipeline file neither PyYAML
+nor pydantic. The pipeline's `load(ids)` imports only the modules that define the changes
+about to run, validates them fully and compares them with the cache. For a template change it
+reads the pipeline file again and validates that change's fields with its template.
 
 NOTE: the cache trusts that a change's `@change_unit` arguments depend only on the files of
 its package. Arguments computed from outside values (environment variables, settings in
@@ -86,11 +86,11 @@ def load_pipeline(
     """Find, validate and order the change units given by `changes`.
 
     `template_names` maps template names to classes, taking precedence over the template
-    registry. `cache_dir` (default: `$FLAMINGOCK_CACHE_DIR`, else a `__pycache__` directory
-    next to the pipeline file or in the first package) keeps the manifest cache of a package
-    given by name, of a pipeline file, and of stages made only of package and module names;
-    `use_cache=False` always imports every change module. Raises `PipelineValidationError`
-    with every problem.
+    registry. `cache_dir` keeps the manifest cache of a package given by name, of a pipeline
+    file, and of stages made only of package and module names. It defaults to
+    `$FLAMINGOCK_CACHE_DIR`, else a `__pycache__` directory next to the pipeline file or in
+    the (first) package. `use_cache=False` always imports every change module. Raises
+    `PipelineValidationError` with every problem.
     """
     if isinstance(changes, os.PathLike) or (
         isinstance(changes, str) and changes.lower().endswith((".yaml", ".yml"))
@@ -759,11 +759,15 @@ class _ManifestPipeline(Pipeline):
         stale = _stale_change(expected, [c.descriptor for c in fresh.values()] + templates)
         if stale is not None:
             Pipeline.__init__(self, *_eager(self._reload_all()))
+            cause = (
+                "an edit kept the pipeline file's size and modification time"
+                if stale.template is not None
+                else "its @change_unit arguments come from outside the package"
+            )
             raise StaleManifestError(
                 f"Change {stale.id!r} ({stale.where}) no longer matches the manifest cache "
-                "although its files are unchanged, probably because its @change_unit "
-                "arguments come from outside the package; the pipeline was reloaded, so "
-                "plan the run again."
+                f"although its files are unchanged, probably because {cause}; the pipeline "
+                "was reloaded, so plan the run again."
             )
         return {change_id: fresh[change_id] for change_id in change_ids}
 
