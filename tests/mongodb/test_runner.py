@@ -23,6 +23,7 @@ from flamingock_async import (
     ChangeExecutionError,
     LockSettings,
     ManualInterventionRequiredError,
+    PipelineValidationError,
     change_unit,
 )
 from flamingock_async.drivers.mongodb import MongoDriver
@@ -96,6 +97,79 @@ async def test_failed_transaction_applied_next_run(driver: MongoDriver, raw_data
     assert await raw_database["accounts"].count_documents({"email": "x@example.com"}) == 2
     history = [entry.state for entry in await driver.read_history("add-emails")]
     assert history == [AuditState.FAILED, AuditState.APPLIED]
+
+
+@change_unit(id="import-plans", order="0004", author="tests", transactional=False)
+class ImportPlansRollbackFails:
+    async def execute(self, db: AsyncDatabase[Any]) -> None:
+        await db["plans"].insert_one({"_id": "imported"})
+        raise ValueError("the import file is truncated")
+
+    async def rollback(self, db: AsyncDatabase[Any]) -> None:
+        raise OSError("the backup is missing")
+
+
+@change_unit(id="import-plans", order="0004", author="tests", transactional=False)
+class ImportPlansRollbackWorks:
+    async def execute(self, db: AsyncDatabase[Any]) -> None:
+        await db["plans"].insert_one({"_id": "imported"})
+        raise ValueError("the import file is truncated")
+
+    async def rollback(self, db: AsyncDatabase[Any]) -> None:
+        await db["plans"].delete_one({"_id": "imported"})
+
+
+@change_unit(id="import-plans", order="0004", author="tests", transactional=False)
+class ImportPlans:
+    async def execute(self, db: AsyncDatabase[Any]) -> None:
+        await db["plans"].insert_one({"_id": "imported"})
+
+
+@change_unit(id="create-accounts", order="0009", author="someone-else", transactional=False)
+class CreateAccountsAgain:
+    async def execute(self, db: AsyncDatabase[Any]) -> None:
+        return None
+
+
+async def test_failed_rollback_needs_intervention(driver: MongoDriver) -> None:
+    """A failing rollback is attached to the change's error and blocks the next run."""
+    with pytest.raises(ChangeExecutionError) as caught:
+        await runner_for(driver, [ImportPlansRollbackFails]).run()
+    assert isinstance(caught.value.__cause__, ValueError)
+    assert isinstance(caught.value.rollback_error, OSError)
+    history = [entry.state for entry in await driver.read_history("import-plans")]
+    assert history == [AuditState.STARTED, AuditState.FAILED, AuditState.ROLLBACK_FAILED]
+    with pytest.raises(ManualInterventionRequiredError, match="import-plans"):
+        await runner_for(driver, [ImportPlans]).run()
+
+
+async def test_rolled_back_change_reapplied(driver: MongoDriver, raw_database: Any) -> None:
+    """After a failure whose rollback worked, the next run applies the change again."""
+    with pytest.raises(ChangeExecutionError):
+        await runner_for(driver, [ImportPlansRollbackWorks]).run()
+    assert await raw_database["plans"].count_documents({}) == 0
+    report = await runner_for(driver, [ImportPlans]).run()
+    assert report.applied == ("import-plans",)
+    history = [entry.state for entry in await driver.read_history("import-plans")]
+    assert history == [
+        AuditState.STARTED,
+        AuditState.FAILED,
+        AuditState.ROLLED_BACK,
+        AuditState.STARTED,
+        AuditState.APPLIED,
+    ]
+
+
+async def test_duplicate_ids_touch_nothing(
+    make_driver: Callable[..., MongoDriver], raw_database: Any
+) -> None:
+    """Two changes with one id fail validation before the database is written."""
+    driver = make_driver()
+    with pytest.raises(PipelineValidationError) as caught:
+        await runner_for(driver, [CreateAccounts, CreateAccountsAgain]).run()
+    assert "CreateAccounts" in str(caught.value)
+    assert "CreateAccountsAgain" in str(caught.value)
+    assert await raw_database.list_collection_names() == []
 
 
 class CommandRecorder(monitoring.CommandListener):
