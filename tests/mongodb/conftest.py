@@ -217,4 +217,6 @@ async def raw_database(mongo_server: MongoServer, database_name: str) -> AsyncIt
         mongo_server.uri, serverSelectionTimeoutMS=10_000
     )
     yield client[database_name]
+    if mongo_server.is_real:
+        await client.drop_database(database_name)
     await client.close()

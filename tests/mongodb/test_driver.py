@@ -10,7 +10,7 @@ import pytest
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
-from flamingock_async import AuditState, CorruptAuditEntryError, LockLostError
+from flamingock_async import AuditState, CorruptAuditEntryError, DriverError, LockLostError
 from flamingock_async.drivers.mongodb import MongoDriver
 
 from .helpers import bumped, entry, fence_of, lock_record
@@ -308,3 +308,24 @@ async def test_transactions_switched_off(make_driver: Callable[..., MongoDriver]
     driver = make_driver(transactions=False)
     await driver.open()
     assert driver.supports_transactions is False
+
+
+async def test_open_retried_after_failure(
+    make_driver: Callable[..., MongoDriver], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An open that failed at the server's handshake runs the handshake again next time."""
+    driver = make_driver(transactions=None)
+    calls: list[int] = []
+    original = MongoDriver._hello
+
+    async def failing_once(self: MongoDriver) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("the handshake was interrupted")
+        return await original(self)
+
+    monkeypatch.setattr(MongoDriver, "_hello", failing_once)
+    with pytest.raises(DriverError):
+        await driver.open()
+    await driver.open()
+    assert len(calls) == 2

@@ -158,6 +158,7 @@ class MongoDriver(Driver):
         self._audit: Any = None
         self._locks: Any = None
         self._set_up = False
+        self._opened = False
 
     # -- description -------------------------------------------------------------------------
 
@@ -220,7 +221,8 @@ class MongoDriver(Driver):
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def _open(self) -> None:
-        if self._database is not None:
+        # Set only once the server answered, so that an open that failed can be retried.
+        if self._opened:
             return
         pymongo = _import_pymongo()
         if isinstance(self._client, pymongo.MongoClient):
@@ -236,6 +238,7 @@ class MongoDriver(Driver):
         self._bind_collections(pymongo)
         hello = await self._hello()
         self._transactions = self._decide_transactions(hello)
+        self._opened = True
         logger.debug(
             "Opened %s (transactions %s)", self.describe(), "on" if self._transactions else "off"
         )
@@ -278,6 +281,7 @@ class MongoDriver(Driver):
 
     async def _aclose(self) -> None:
         client, self._database = self._client, None
+        self._opened = False
         if self._owns_client and client is not None:
             self._client = None
             await _maybe_await(client.close())
