@@ -105,3 +105,8 @@ def test_unreachable_error_hides_password() -> None:
 def test_url_without_scheme_rejected() -> None:
     with pytest.raises(ConfigurationError, match="mongodb://"):
         from_url("postgres://localhost/orders")
+
+
+def test_client_of_wrong_type_rejected() -> None:
+    with pytest.raises(ConfigurationError, match="got dict"):
+        MongoDriver({"host": "localhost"}, "orders")

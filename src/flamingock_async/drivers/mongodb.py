@@ -126,6 +126,13 @@ class MongoDriver(Driver):
         client_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(client_or_url, str) and not callable(
+            getattr(client_or_url, "start_session", None)
+        ):
+            raise ConfigurationError(
+                f"MongoDriver needs a mongodb:// URL or an AsyncMongoClient, got "
+                f"{type(client_or_url).__name__}; pass one of those."
+            )
         if not isinstance(database, str) or not database:
             raise ConfigurationError(
                 f"The MongoDB database name must be a non-empty string, got {database!r}."
@@ -142,6 +149,7 @@ class MongoDriver(Driver):
                 raise ConfigurationError(
                     f"The {label} name {value!r} is invalid; use a non-empty name without '$'."
                 )
+
         self._url = client_or_url if isinstance(client_or_url, str) else None
         self._client: Any = None if self._url is not None else client_or_url
         self._owns_client = self._url is not None
@@ -154,6 +162,8 @@ class MongoDriver(Driver):
         # Bound for a shielded lock write: server selection, then the write and a fence update.
         self._write_timeout = server_selection_timeout + 30.0
         self._client_options = dict(client_options or {})
+
+        # Bound by `open()`.
         self._database: Any = None
         self._audit: Any = None
         self._locks: Any = None
