@@ -6,6 +6,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -190,7 +191,7 @@ async def test_lock_key_with_slash_rejected(driver: CloudDriver) -> None:
 
 def test_tokens_stored_hashed(data_dir: Path, service: Service) -> None:
     secret = service.token.split("_", 2)[2]
-    with sqlite3.connect(data_dir / "backend.db") as database:
+    with closing(sqlite3.connect(data_dir / "backend.db")) as database:
         rows = database.execute("SELECT * FROM api_tokens").fetchall()
     dump = repr(rows)
     assert service.token_id in dump

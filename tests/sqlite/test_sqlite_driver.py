@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,9 @@ async def driver(database: Path) -> AsyncIterator[SQLiteDriver]:
         yield opened
 
 
-def raw_connection(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(path, isolation_level=None)
+def raw_connection(path: Path) -> closing[sqlite3.Connection]:
+    """Open an autocommit connection that the `with` block closes."""
+    return closing(sqlite3.connect(path, isolation_level=None))
 
 
 # -- URLs ------------------------------------------------------------------------------------

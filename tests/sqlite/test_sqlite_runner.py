@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,7 +39,7 @@ async def driver(database: Path) -> AsyncIterator[SQLiteDriver]:
 
 
 def applied_rows(database: Path) -> list[str]:
-    with sqlite3.connect(database) as connection:
+    with closing(sqlite3.connect(database)) as connection:
         try:
             rows = connection.execute("SELECT change_id FROM applied ORDER BY rowid").fetchall()
         except sqlite3.OperationalError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 
 import anyio
@@ -74,7 +75,7 @@ async def test_summaries_corrupt_row_raises(
 ) -> None:
     fence = await hold_lock(driver, "k", "runner-a")
     await driver.append_audit(make_entry("a", epoch=fence.epoch, sequence=1), fence)
-    with sqlite3.connect(database, isolation_level=None) as connection:
+    with closing(sqlite3.connect(database, isolation_level=None)) as connection:
         connection.execute(f'UPDATE flamingock_audit SET "{column}" = ?', (value,))
 
     with pytest.raises(CorruptAuditEntryError) as raised:

@@ -7,6 +7,7 @@ import sqlite3
 import textwrap
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -316,7 +317,7 @@ def test_unknown_template_lists_known() -> None:
 
 
 def database_tables(database: Path) -> list[str]:
-    with sqlite3.connect(database) as reader:
+    with closing(sqlite3.connect(database)) as reader:
         rows = reader.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
     return sorted(row[0] for row in rows if not row[0].startswith("flamingock_"))
 
