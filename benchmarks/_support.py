@@ -97,7 +97,7 @@ def change_classes(count: int, *, transactional: bool = True) -> list[type]:
 
 @dataclasses.dataclass
 class ProcessResult:
-    """What one child process did: wall and CPU time in seconds, peak RSS in KiB, output.
+    """Measurements of one child process: wall and CPU time in seconds, peak RSS in KiB.
 
     `cpu` is user plus system time. On a shared machine it varies less than `wall`,
     because time spent waiting for a CPU is not counted.

@@ -6,7 +6,12 @@ Two child processes alternate: one imports asyncio, the other asyncio and flamin
 The script prints the median wall and CPU time of each and the median over rounds of their
 difference. Target: at most 30 ms.
 
-A third child imports flamingock_async and lists the third-party and driver modules it
+Two more children compare what `flamingock run` imports with nothing pending (click, the
+core, the SQLite driver and the pipeline loader) with what the floor process of
+`bench_startup.py` imports (asyncio and aiosqlite). Their difference is part of the start-up
+cost that `bench_startup.py` measures, so it is printed for reference, with no target.
+
+One more child imports flamingock_async and lists the third-party and driver modules it
 loaded: none of the store libraries (aiosqlite, sqlite3, pymongo, motor, aioboto3, boto3,
 botocore, httpx) may be among them.
 """
@@ -44,6 +49,11 @@ THIRD_PARTY = (
     "typing_extensions",
 )
 
+CLI_IMPORTS = (
+    "import asyncio, aiosqlite, flamingock_async.cli, flamingock_async.drivers.sqlite, "
+    "flamingock_async._discovery"
+)
+
 LIST_MODULES = f"""
 import json, sys
 import flamingock_async
@@ -65,6 +75,8 @@ def main() -> None:
         "flamingock_async": lambda: run_process(
             [sys.executable, "-c", "import asyncio, flamingock_async"]
         ),
+        "floor": lambda: run_process([sys.executable, "-c", "import asyncio, aiosqlite"]),
+        "cli": lambda: run_process([sys.executable, "-c", CLI_IMPORTS]),
     }
     for side in sides.values():  # compile and cache the bytecode first
         side()
@@ -87,6 +99,21 @@ def main() -> None:
             ms(median(cpu["flamingock_async"])),
         ],
         ["difference (paired median)", ms(extra_wall), ms(extra_cpu)],
+        [
+            'python -c "import asyncio, aiosqlite"',
+            ms(median(wall["floor"])),
+            ms(median(cpu["floor"])),
+        ],
+        [
+            "the same and what 'flamingock run' imports",
+            ms(median(wall["cli"])),
+            ms(median(cpu["cli"])),
+        ],
+        [
+            "difference (paired median)",
+            ms(paired(wall["cli"], wall["floor"], "-")),
+            ms(paired(cpu["cli"], cpu["floor"], "-")),
+        ],
     ]
     print(table(["process", "wall", "CPU"], rows))
     print()

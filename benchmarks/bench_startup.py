@@ -174,29 +174,41 @@ def main() -> None:
         checks = {size: check_run(workdir, databases[size], packages[size]) for size in sizes}
 
     print()
-    print(f"Median of {rounds} alternating rounds; 'over floor' is the median of each round's")
-    print("difference to the floor process of the same round:")
+    print(f"Median of {rounds} alternating rounds. 'Over floor' is the median of each round's")
+    print("difference to the floor process of the same round; 'best over floor' is the")
+    print("fastest run minus the fastest floor, closer to what an idle machine shows:")
     wall = {name: [result.wall for result in results] for name, results in samples.items()}
     cpu = {name: [result.cpu for result in results] for name, results in samples.items()}
     rows: list[list[object]] = [
-        ["floor", ms(median(wall["floor"])), "", ms(median(cpu["floor"])), "", "", ""]
+        ["floor", ms(median(wall["floor"])), "", "", ms(median(cpu["floor"])), "", "", ""]
     ]
     for size in sizes:
         side = f"cli {size:,}"
         excess = paired(wall[side], wall["floor"], "-")
+        best = min(wall[side]) - min(wall["floor"])
         target = TARGETS[size]
         rows.append(
             [
                 f"flamingock run, {size:,} applied",
                 ms(median(wall[side])),
                 ms(excess),
+                ms(best),
                 ms(median(cpu[side])),
                 ms(paired(cpu[side], cpu["floor"], "-")),
                 f"<= {ms(target)}",
                 "met" if excess <= target else "missed",
             ]
         )
-    header = ["process", "wall", "wall over floor", "CPU", "CPU over floor", "target", "wall"]
+    header = [
+        "process",
+        "wall",
+        "over floor",
+        "best over floor",
+        "CPU",
+        "CPU over floor",
+        "target",
+        "over floor",
+    ]
     print(table(header, rows))
     print()
     print("Store access of one run with nothing pending:")

@@ -12,8 +12,8 @@ Every tool runs as a whole command-line process on a database file in a temporar
    * `yoyo apply --batch` over a folder of one migration file per migration, each with no
      step (marked applied before timing);
 2. applying 1,000 no-op migrations to an empty database, one transaction per migration for
-   every tool (alembic's env.py sets `transaction_per_migration=True`; yoyo and
-   flamingock-async commit each migration on its own by design).
+   every tool. The generated alembic env.py sets `transaction_per_migration=True`, and
+   yoyo and flamingock-async commit each migration on its own by design.
 
 Runs alternate between the tools (the order rotates every round), and each ratio is the
 median over rounds of flamingock-async's time divided by the other tool's in the same round.
