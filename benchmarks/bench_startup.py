@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 from _support import (
@@ -84,7 +85,7 @@ main()
 
 
 def lock_rows(database: Path) -> list[tuple[object, ...]]:
-    with sqlite3.connect(database) as connection:
+    with closing(sqlite3.connect(database)) as connection:
         return connection.execute("SELECT * FROM flamingock_lock ORDER BY key").fetchall()
 
 

@@ -27,6 +27,7 @@ import sqlite3
 import sys
 import tempfile
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 from _support import (
@@ -104,7 +105,7 @@ def write_yoyo(root: Path, name: str, count: int) -> Path:
 
 
 def count_rows(database: Path, statement: str) -> int:
-    with sqlite3.connect(database) as connection:
+    with closing(sqlite3.connect(database)) as connection:
         return int(connection.execute(statement).fetchone()[0])
 
 
