@@ -23,7 +23,7 @@ from .._lock import Fence, LockRecord
 from .._version import __version__
 from ..drivers import Driver, driver_from_url
 from . import _service
-from ._meta import NAME_PATTERN, MetadataStore
+from ._meta import NAME_PATTERN, metadata_store_from_url
 from ._models import (
     AppendRequest,
     AppendResponse,
@@ -111,7 +111,7 @@ class _Backend:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
-        self.meta = MetadataStore(settings.database_path)
+        self.meta = metadata_store_from_url(settings.metadata_location)
         self.signing_secret = ""
         self._drivers: dict[str, tuple[Driver, anyio.Lock]] = {}
         self._opening = anyio.Lock()
@@ -222,7 +222,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await backend.start()
-        logger.info("Backend started on data directory %s", settings.data_dir)
+        logger.info(
+            "Backend started on data directory %s with metadata in %s",
+            settings.data_dir,
+            backend.meta.location,
+        )
         try:
             yield
         finally:

@@ -1,30 +1,296 @@
-"""The backend's own tables: organisations, projects, environments, services and API tokens.
+"""The backend's metadata: organisations, projects, environments, services, API tokens and
+the signing secret of bearer tokens.
 
-They live in one SQLite database, `backend.db` in the data directory. Several backend
-processes may share it: the schema is created with `IF NOT EXISTS`, rows are inserted with
-`INSERT OR IGNORE` and then read back, and SQLite's busy timeout serialises writers.
+`metadata_store_from_url` picks where they live:
 
-NOTE: these tables are always SQLite, even when the audit logs and locks are in MongoDB or
-DynamoDB, so backend processes on several machines need this file on storage they share.
+- `sqlite:///path` (the default, `backend.db` in the data directory): one SQLite file. The
+  schema is created with `IF NOT EXISTS`, rows are inserted with `INSERT OR IGNORE` and then
+  read back, and SQLite's busy timeout serialises writers.
+- `mongodb://host:port/database`: collections named `backend_*` in that database, with unique
+  indexes on names (`_meta_mongodb.py`).
+- `dynamodb://TABLE?region=...&endpoint_url=...`: one table keyed by `pk`, written with
+  conditional puts (`_meta_dynamodb.py`).
+
+Every write is create-if-absent followed by a read, so backend processes racing to create the
+same service, or the signing secret, end up with one row that all of them read.
+
+NOTE: backend processes on several machines need one shared metadata store. A SQLite file
+works only on storage they all reach; point `--metadata-url` at the MongoDB or DynamoDB
+service that holds the audit logs instead, and the processes share tokens and the secret
+that signs bearer tokens.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import re
 import secrets
 from pathlib import Path
+from types import TracebackType
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aiosqlite
 
 from .._audit import new_id, now_ms
+from .._errors import ConfigurationError
+from ..drivers import redact_url
 from ._tokens import Claims, NewToken, new_api_token, secret_matches, split_api_token
 
-__all__ = ["MetadataStore", "TokenInfo", "NAME_PATTERN", "check_name"]
+__all__ = [
+    "MetadataStore",
+    "SQLiteMetadataStore",
+    "TokenInfo",
+    "NAME_PATTERN",
+    "METADATA_SCHEMES",
+    "check_name",
+    "check_metadata_url",
+    "metadata_store_from_url",
+]
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 _NAME = re.compile(NAME_PATTERN)
+
+METADATA_SCHEMES = ("sqlite", "mongodb", "mongodb+srv", "dynamodb")
+
+# The levels of the hierarchy, each the child of the one before it.
+LEVELS = ("organization", "project", "environment", "service")
+
+JWT_SECRET_SETTING = "jwt_secret"
+
+
+def check_name(kind: str, name: str) -> str:
+    """Return `name` if it is a valid organisation, project, environment or service name."""
+    if not _NAME.match(name):
+        raise ValueError(
+            f"Invalid {kind} name {name!r}: use 1 to 100 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit."
+        )
+    return name
+
+
+def check_metadata_url(url: str) -> str:
+    """Return `url` if its scheme names a metadata store; the message hides any password."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in METADATA_SCHEMES:
+        raise ConfigurationError(
+            f"The metadata URL {redact_url(url)!r} has no supported scheme; use sqlite:///PATH, "
+            "mongodb://HOST:PORT/DATABASE or dynamodb://TABLE?region=REGION."
+        )
+    return url
+
+
+def metadata_store_from_url(url: str) -> MetadataStore:
+    """Build the metadata store named by `url` (not yet open)."""
+    scheme = urlsplit(check_metadata_url(url)).scheme.lower()
+    if scheme in ("mongodb", "mongodb+srv"):
+        from ._meta_mongodb import MongoMetadataStore
+
+        return MongoMetadataStore(url)
+    if scheme == "dynamodb":
+        from ._meta_dynamodb import DynamoMetadataStore
+
+        return DynamoMetadataStore(url)
+    return SQLiteMetadataStore(_sqlite_path(url))
+
+
+def _sqlite_path(url: str) -> Path:
+    parts = urlsplit(url)
+    path = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
+    if not path or parts.netloc or parts.query:
+        raise ConfigurationError(
+            f"Invalid metadata URL {redact_url(url)!r}: write the database file after three "
+            "slashes and nothing else, as in sqlite:///data/backend.db or "
+            "sqlite:////var/lib/flamingock/backend.db."
+        )
+    return Path(path)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """An API token as stored, without its secret."""
+
+    token_id: str
+    description: str
+    created_at_ms: int
+    revoked_at_ms: int | None
+    claims: Claims
+    organization: str
+    project: str
+    salt: str = dataclasses.field(repr=False)
+    digest: str = dataclasses.field(repr=False)
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at_ms is not None
+
+
+class MetadataStore(abc.ABC):
+    """Where the backend keeps its metadata; `open()` connects and creates what is missing.
+
+    Implementations provide create-if-absent writes that return the stored row, so that
+    concurrent callers in several processes agree on one id and one signing secret.
+    """
+
+    #: Where the store is, for messages; never contains a password.
+    location: str
+
+    async def __aenter__(self) -> MetadataStore:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and create the tables, collections or indexes that are missing."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Close the connection; calling it twice is harmless."""
+
+    # -- what each store implements -----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _setting(self, name: str, value: str) -> str:
+        """Store `value` under `name` unless a value is there; return the stored value."""
+
+    @abc.abstractmethod
+    async def _ensure(self, level: str, parent_id: str | None, name: str) -> str:
+        """Create the `level` named `name` under `parent_id` unless it exists; return its id."""
+
+    @abc.abstractmethod
+    async def _insert_token(self, info: TokenInfo) -> None:
+        """Store a new token; its id is random, so it never exists yet."""
+
+    @abc.abstractmethod
+    async def revoke_token(self, token_id: str) -> bool:
+        """Revoke a token; return False when no unrevoked token has that id."""
+
+    @abc.abstractmethod
+    async def list_tokens(self) -> list[TokenInfo]:
+        """All tokens, revoked or not, oldest first."""
+
+    @abc.abstractmethod
+    async def get_token(self, token_id: str) -> TokenInfo | None:
+        """The token with that id, revoked or not, or None."""
+
+    # -- shared behaviour ---------------------------------------------------------------------
+
+    async def signing_secret(self) -> str:
+        """Return the stored JWT signing secret, creating it on first use."""
+        return await self._setting(JWT_SECRET_SETTING, secrets.token_urlsafe(48))
+
+    async def ensure_service(
+        self, organization: str, project: str, environment: str, service: str
+    ) -> tuple[str, str, str, str]:
+        """Create whatever of the hierarchy is missing; return the four ids."""
+        ids: list[str] = []
+        parent_id: str | None = None
+        for level, name in zip(LEVELS, (organization, project, environment, service), strict=True):
+            parent_id = await self._ensure(level, parent_id, name)
+            ids.append(parent_id)
+        return ids[0], ids[1], ids[2], ids[3]
+
+    async def create_token(
+        self,
+        *,
+        organization: str,
+        project: str,
+        environment: str,
+        service: str,
+        description: str = "",
+    ) -> tuple[NewToken, TokenInfo]:
+        """Create an API token limited to one service; the secret is only in the result."""
+        names = (organization, project, environment, service)
+        for level, name in zip(LEVELS, names, strict=True):
+            check_name(level, name)
+        ids = await self.ensure_service(*names)
+        token = new_api_token()
+        info = TokenInfo(
+            token_id=token.token_id,
+            description=description,
+            created_at_ms=now_ms(),
+            revoked_at_ms=None,
+            claims=Claims(
+                token_id=token.token_id,
+                organization_id=ids[0],
+                project_id=ids[1],
+                environment_id=ids[2],
+                service_id=ids[3],
+                environment=environment,
+                service=service,
+            ),
+            organization=organization,
+            project=project,
+            salt=token.salt,
+            digest=token.digest,
+        )
+        await self._insert_token(info)
+        return token, info
+
+    async def verify_api_token(self, token: str) -> TokenInfo | None:
+        """Return the stored token matching `token`, revoked or not, or None."""
+        parts = split_api_token(token)
+        if parts is None:
+            return None
+        info = await self.get_token(parts[0])
+        if info is None or not secret_matches(info.salt, parts[1], info.digest):
+            return None
+        return info
+
+
+def token_fields(info: TokenInfo) -> dict[str, Any]:
+    """The stored fields of a token, by name; MongoDB and DynamoDB keep a token in one record."""
+    claims = info.claims
+    return {
+        "salt": info.salt,
+        "digest": info.digest,
+        "description": info.description,
+        "created_at_ms": info.created_at_ms,
+        "organization_id": claims.organization_id,
+        "project_id": claims.project_id,
+        "environment_id": claims.environment_id,
+        "service_id": claims.service_id,
+        "organization": info.organization,
+        "project": info.project,
+        "environment": claims.environment,
+        "service": claims.service,
+    }
+
+
+def token_from_fields(token_id: str, fields: dict[str, Any]) -> TokenInfo:
+    """The inverse of `token_fields`, plus `revoked_at_ms` (None or missing when active)."""
+    revoked = fields.get("revoked_at_ms")
+    return TokenInfo(
+        token_id=token_id,
+        salt=str(fields["salt"]),
+        digest=str(fields["digest"]),
+        description=str(fields["description"]),
+        created_at_ms=int(fields["created_at_ms"]),
+        revoked_at_ms=None if revoked is None else int(revoked),
+        claims=Claims(
+            token_id=token_id,
+            organization_id=str(fields["organization_id"]),
+            project_id=str(fields["project_id"]),
+            environment_id=str(fields["environment_id"]),
+            service_id=str(fields["service_id"]),
+            environment=str(fields["environment"]),
+            service=str(fields["service"]),
+        ),
+        organization=str(fields["organization"]),
+        project=str(fields["project"]),
+    )
+
+
+# -- SQLite -----------------------------------------------------------------------------------
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS backend_settings (
@@ -79,40 +345,21 @@ JOIN organizations o ON o.id = p.organization_id
 """
 
 
-def check_name(kind: str, name: str) -> str:
-    """Return `name` if it is a valid organisation, project, environment or service name."""
-    if not _NAME.match(name):
-        raise ValueError(
-            f"Invalid {kind} name {name!r}: use 1 to 100 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit."
-        )
-    return name
+# Table and column of each level; names come from this fixed map, never from input.
+_TABLES = {
+    "organization": ("organizations", None),
+    "project": ("projects", "organization_id"),
+    "environment": ("environments", "project_id"),
+    "service": ("services", "environment_id"),
+}
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class TokenInfo:
-    """An API token as stored, without its secret."""
-
-    token_id: str
-    description: str
-    created_at_ms: int
-    revoked_at_ms: int | None
-    claims: Claims
-    organization: str
-    project: str
-    salt: str = dataclasses.field(repr=False)
-    digest: str = dataclasses.field(repr=False)
-
-    @property
-    def revoked(self) -> bool:
-        return self.revoked_at_ms is not None
-
-
-class MetadataStore:
-    """Access to `backend.db`; `open()` connects and creates the schema if missing."""
+class SQLiteMetadataStore(MetadataStore):
+    """Metadata in one SQLite file (`backend.db` by default)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.location = f"SQLite file {path}"
         self._db: aiosqlite.Connection | None = None
 
     async def open(self) -> None:
@@ -137,40 +384,22 @@ class MetadataStore:
             raise RuntimeError("The metadata store is not open; call open() first.")
         return self._db
 
-    # -- settings ----------------------------------------------------------------------------
-
-    async def signing_secret(self) -> str:
-        """Return the stored JWT signing secret, creating it on first use."""
+    async def _setting(self, name: str, value: str) -> str:
         await self.db.execute(
-            "INSERT OR IGNORE INTO backend_settings (name, value) VALUES ('jwt_secret', ?)",
-            (secrets.token_urlsafe(48),),
+            "INSERT OR IGNORE INTO backend_settings (name, value) VALUES (?, ?)", (name, value)
         )
         await self.db.commit()
-        row = await self._one("SELECT value FROM backend_settings WHERE name = 'jwt_secret'")
+        row = await self._one("SELECT value FROM backend_settings WHERE name = ?", name)
         return str(row[0])
 
-    # -- organisations, projects, environments, services --------------------------------------
-
-    async def ensure_service(
-        self, organization: str, project: str, environment: str, service: str
-    ) -> tuple[str, str, str, str]:
-        """Create whatever of the hierarchy is missing; return the four ids."""
-        organization_id = await self._ensure("organizations", None, None, organization)
-        project_id = await self._ensure("projects", "organization_id", organization_id, project)
-        environment_id = await self._ensure("environments", "project_id", project_id, environment)
-        service_id = await self._ensure("services", "environment_id", environment_id, service)
-        await self.db.commit()
-        return organization_id, project_id, environment_id, service_id
-
-    async def _ensure(
-        self, table: str, parent_column: str | None, parent_id: str | None, name: str
-    ) -> str:
-        # Table and column names come from the fixed list in ensure_service, never from input.
+    async def _ensure(self, level: str, parent_id: str | None, name: str) -> str:
+        table, parent_column = _TABLES[level]
         if parent_column is None:
             await self.db.execute(
                 f"INSERT OR IGNORE INTO {table} (id, name, created_at_ms) VALUES (?, ?, ?)",
                 (new_id(), name, now_ms()),
             )
+            await self.db.commit()
             row = await self._one(f"SELECT id FROM {table} WHERE name = ?", name)
         else:
             await self.db.execute(
@@ -178,45 +407,28 @@ class MetadataStore:
                 "VALUES (?, ?, ?, ?)",
                 (new_id(), parent_id, name, now_ms()),
             )
+            await self.db.commit()
             row = await self._one(
                 f"SELECT id FROM {table} WHERE {parent_column} = ? AND name = ?", parent_id, name
             )
         return str(row[0])
 
-    # -- API tokens --------------------------------------------------------------------------
-
-    async def create_token(
-        self,
-        *,
-        organization: str,
-        project: str,
-        environment: str,
-        service: str,
-        description: str = "",
-    ) -> tuple[NewToken, TokenInfo]:
-        """Create an API token limited to one service; the secret is only in the result."""
-        for kind, name in (
-            ("organization", organization),
-            ("project", project),
-            ("environment", environment),
-            ("service", service),
-        ):
-            check_name(kind, name)
-        ids = await self.ensure_service(organization, project, environment, service)
-        token = new_api_token()
+    async def _insert_token(self, info: TokenInfo) -> None:
         await self.db.execute(
             "INSERT INTO api_tokens (id, salt, digest, service_id, description, created_at_ms) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            (token.token_id, token.salt, token.digest, ids[3], description, now_ms()),
+            (
+                info.token_id,
+                info.salt,
+                info.digest,
+                info.claims.service_id,
+                info.description,
+                info.created_at_ms,
+            ),
         )
         await self.db.commit()
-        info = await self.get_token(token.token_id)
-        if info is None:
-            raise RuntimeError(f"API token {token.token_id} vanished right after its creation.")
-        return token, info
 
     async def revoke_token(self, token_id: str) -> bool:
-        """Revoke a token; return False when no unrevoked token has that id."""
         cursor = await self.db.execute(
             "UPDATE api_tokens SET revoked_at_ms = ? WHERE id = ? AND revoked_at_ms IS NULL",
             (now_ms(), token_id),
@@ -233,16 +445,6 @@ class MetadataStore:
         async with self.db.execute(f"{_TOKEN_QUERY} WHERE t.id = ?", (token_id,)) as cursor:
             row = await cursor.fetchone()
         return _token_info(row) if row is not None else None
-
-    async def verify_api_token(self, token: str) -> TokenInfo | None:
-        """Return the stored token matching `token`, revoked or not, or None."""
-        parts = split_api_token(token)
-        if parts is None:
-            return None
-        info = await self.get_token(parts[0])
-        if info is None or not secret_matches(info.salt, parts[1], info.digest):
-            return None
-        return info
 
     async def _one(self, sql: str, *parameters: Any) -> Any:
         async with self.db.execute(sql, parameters) as cursor:

@@ -10,6 +10,7 @@ from urllib.parse import quote
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from ..drivers import redact_url
+from ._meta import check_metadata_url
 
 __all__ = ["ServerSettings", "ENV_PREFIX"]
 
@@ -19,19 +20,22 @@ ENV_PREFIX = "FLAMINGOCK_SERVER_"
 class ServerSettings(BaseModel):
     """Where the backend keeps its data and how it authenticates runners.
 
-    `data_dir` contains `backend.db`, the SQLite database of organisations, projects,
-    environments, services, API tokens and the signing secret. `store_url` is the store of
+    `metadata_url` names the store of organisations, projects, environments, services, API
+    tokens and the signing secret: `sqlite:///PATH`, `mongodb://HOST:PORT/DATABASE` or
+    `dynamodb://TABLE?region=...`; by default the SQLite file `backend.db` in `data_dir`.
+    Backend processes on several machines need a shared one. `store_url` is the store of
     each service's audit log and lock: a driver URL in which `{namespace}` is replaced by a
     name unique to the environment and service (letters, digits and `_`). By default every
     service gets its own table prefix in `audit.db` in `data_dir`. `jwt_secret` signs bearer
     tokens (HS256). When it is unset, a random secret is generated once and kept in
-    `backend.db`, so every process on one data directory shares it.
+    the metadata store, so every process on one metadata store shares it.
     """
 
     model_config = ConfigDict(frozen=True)
 
     data_dir: Path
     store_url: str | None = None
+    metadata_url: str | None = None
     jwt_secret: SecretStr | None = None
     token_ttl_seconds: int = Field(default=900, ge=10, le=86_400)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
@@ -49,9 +53,24 @@ class ServerSettings(BaseModel):
             )
         return value
 
+    @field_validator("metadata_url")
+    @classmethod
+    def _known_metadata_scheme(cls, value: str | None) -> str | None:
+        if value is not None:
+            # A ValueError whose message shows the URL without its password.
+            check_metadata_url(value)
+        return value
+
     @property
     def database_path(self) -> Path:
         return self.data_dir / "backend.db"
+
+    @property
+    def metadata_location(self) -> str:
+        """The metadata URL in effect, the default SQLite file if none is set."""
+        if self.metadata_url is not None:
+            return self.metadata_url
+        return f"sqlite:///{quote(str(self.database_path.resolve()))}"
 
     def store_url_for(self, namespace: str) -> str:
         """Return the driver URL of one service's audit log and lock."""

@@ -6,11 +6,13 @@
     flamingock serve token revoke TOKEN_ID
 
 Options also come from `FLAMINGOCK_SERVER_*` environment variables (`..._DATA_DIR`,
-`..._STORE_URL`, `..._HOST`, `..._PORT`, `..._TOKEN_TTL_SECONDS`, `..._MAX_BODY_BYTES`). The
-signing secret of bearer tokens comes only from `FLAMINGOCK_SERVER_JWT_SECRET`, never from
-the command line, where other users of the machine could read it. Without it, a secret is
-generated once and kept in the data directory. FastAPI and uvicorn are imported only by the
-server command, so the token commands work without the `server` extra.
+`..._STORE_URL`, `..._METADATA_URL`, `..._HOST`, `..._PORT`, `..._TOKEN_TTL_SECONDS`,
+`..._MAX_BODY_BYTES`). The signing secret of bearer tokens comes only from
+`FLAMINGOCK_SERVER_JWT_SECRET`, never from the command line, where other users of the machine
+could read it. Without it, a secret is generated once and kept in the metadata store
+(`--metadata-url`, by default `backend.db` in the data directory), which backend processes on
+several machines must share. FastAPI and uvicorn are imported only by the server command, so
+the token commands work without the `server` extra.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import click
 from pydantic import ValidationError
 
 from .._errors import FlamingockError
-from ._meta import MetadataStore, TokenInfo
+from ._meta import MetadataStore, TokenInfo, metadata_store_from_url
 from ._settings import ServerSettings
 
 __all__ = ["serve"]
@@ -44,14 +46,13 @@ def _settings(context: click.Context) -> ServerSettings:
 
 def _with_store(settings: ServerSettings, action: Callable[[MetadataStore], Awaitable[T]]) -> T:
     async def run() -> T:
-        store = MetadataStore(settings.database_path)
-        await store.open()
-        try:
+        async with metadata_store_from_url(settings.metadata_location) as store:
             return await action(store)
-        finally:
-            await store.aclose()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except FlamingockError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @click.group(invoke_without_command=True)
@@ -61,13 +62,20 @@ def _with_store(settings: ServerSettings, action: Callable[[MetadataStore], Awai
     envvar="FLAMINGOCK_SERVER_DATA_DIR",
     default="flamingock-data",
     show_default=True,
-    help="Directory of backend.db (tokens, services) and, by default, of audit.db.",
+    help="Directory of the default metadata store backend.db and the default store audit.db.",
 )
 @click.option(
     "--store-url",
     envvar="FLAMINGOCK_SERVER_STORE_URL",
     default=None,
     help="Driver URL of the audit logs and locks; '{namespace}' in it is replaced per service.",
+)
+@click.option(
+    "--metadata-url",
+    envvar="FLAMINGOCK_SERVER_METADATA_URL",
+    default=None,
+    help="Store of tokens, services and the signing secret: sqlite:///PATH, "
+    "mongodb://HOST:PORT/DB or dynamodb://TABLE?region=R; default DATA_DIR/backend.db.",
 )
 @click.option(
     "--host",
@@ -126,6 +134,7 @@ def serve(
     context: click.Context,
     data_dir: Path,
     store_url: str | None,
+    metadata_url: str | None,
     host: str,
     port: int,
     token_ttl: int,
@@ -139,6 +148,7 @@ def serve(
         context.obj = ServerSettings.from_env(
             data_dir=data_dir,
             store_url=store_url,
+            metadata_url=metadata_url,
             token_ttl_seconds=token_ttl,
             max_body_bytes=max_body_bytes,
         )
@@ -176,6 +186,7 @@ def _run_server(
 
     try:
         driver_from_url(settings.store_url_for("startup_check"))
+        metadata_store_from_url(settings.metadata_location)
     except FlamingockError as error:
         raise click.UsageError(str(error)) from None
     logging.basicConfig(
