@@ -73,6 +73,7 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY_NAMES))
 
+
 __all__ = [
     "__version__",
     # declaring changes
