@@ -27,8 +27,14 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from dynamodb.conftest import moto_endpoint
 from flamingock_async.backend.cli import serve
 from flamingock_async.drivers.cloud import CloudDriver
+from mongodb.conftest import mongo_server
+
+# The session fixtures that start nx-27017 and moto_server for the MongoDB and DynamoDB
+# driver tests, here for the tests of the backend's metadata stores.
+__all__ = ["moto_endpoint", "mongo_server"]
 
 JWT_SECRET = "test-signing-secret-that-is-long-enough-for-hs256"
 ENVIRONMENT = "test"

@@ -15,8 +15,8 @@ Every write is create-if-absent followed by a read, so backend processes racing 
 same service, or the signing secret, end up with one row that all of them read.
 
 NOTE: backend processes on several machines need one shared metadata store. A SQLite file
-works only on storage they all reach; point `--metadata-url` at the MongoDB or DynamoDB
-service that holds the audit logs instead, and the processes share tokens and the secret
+works only on storage that all of them reach. Point `--metadata-url` at the MongoDB or
+DynamoDB service of the audit logs instead, so the processes share tokens and the secret
 that signs bearer tokens.
 """
 
@@ -127,13 +127,13 @@ class TokenInfo:
 
 
 class MetadataStore(abc.ABC):
-    """Where the backend keeps its metadata; `open()` connects and creates what is missing.
+    """Store of the backend's metadata; `open()` connects and creates what is missing.
 
     Implementations provide create-if-absent writes that return the stored row, so that
     concurrent callers in several processes agree on one id and one signing secret.
     """
 
-    #: Where the store is, for messages; never contains a password.
+    #: Location of the store for messages, without any password.
     location: str
 
     async def __aenter__(self) -> MetadataStore:
@@ -176,11 +176,11 @@ class MetadataStore(abc.ABC):
 
     @abc.abstractmethod
     async def list_tokens(self) -> list[TokenInfo]:
-        """All tokens, revoked or not, oldest first."""
+        """Return all tokens, revoked or not, oldest first."""
 
     @abc.abstractmethod
     async def get_token(self, token_id: str) -> TokenInfo | None:
-        """The token with that id, revoked or not, or None."""
+        """Return the token with that id, revoked or not, or None."""
 
     # -- shared behaviour ---------------------------------------------------------------------
 
@@ -248,7 +248,7 @@ class MetadataStore(abc.ABC):
 
 
 def token_fields(info: TokenInfo) -> dict[str, Any]:
-    """The stored fields of a token, by name; MongoDB and DynamoDB keep a token in one record."""
+    """Return the stored fields of a token by name, for stores that keep it in one record."""
     claims = info.claims
     return {
         "salt": info.salt,
@@ -267,7 +267,7 @@ def token_fields(info: TokenInfo) -> dict[str, Any]:
 
 
 def token_from_fields(token_id: str, fields: dict[str, Any]) -> TokenInfo:
-    """The inverse of `token_fields`, plus `revoked_at_ms` (None or missing when active)."""
+    """Build a token from `token_fields` plus `revoked_at_ms` (None or missing when active)."""
     revoked = fields.get("revoked_at_ms")
     return TokenInfo(
         token_id=token_id,

@@ -50,7 +50,7 @@ def _import_aioboto3() -> Any:
 
 def _parse(url: str) -> tuple[str, dict[str, str]]:
     parts = urlsplit(url)
-    shown = redact_url(url)
+    redacted = redact_url(url)
     if "@" in parts.netloc:
         raise ConfigurationError(
             "A DynamoDB metadata URL must not contain credentials; configure them through the "
@@ -59,14 +59,14 @@ def _parse(url: str) -> tuple[str, dict[str, str]]:
     table = unquote(parts.netloc)
     if parts.scheme.lower() != "dynamodb" or not table or parts.path not in ("", "/"):
         raise ConfigurationError(
-            f"Invalid DynamoDB metadata URL {shown!r}: name the table as the host, as in "
+            f"Invalid DynamoDB metadata URL {redacted!r}: name the table as the host, as in "
             "dynamodb://flamingock_backend?region=eu-west-1."
         )
     options: dict[str, str] = {}
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name not in _PARAMETERS:
             raise ConfigurationError(
-                f"Unknown parameter {name!r} in DynamoDB metadata URL {shown!r}; accepted: "
+                f"Unknown parameter {name!r} in DynamoDB metadata URL {redacted!r}; accepted: "
                 f"{', '.join(_PARAMETERS)}."
             )
         options[name] = value

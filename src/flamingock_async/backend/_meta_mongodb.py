@@ -7,8 +7,9 @@ one layout: `_id`, `parent_id` (empty for an organisation), `name` and `created_
 unique index on `(parent_id, name)`. An API token is one document whose `_id` is the token id;
 it repeats the names and ids of its service, which never change.
 
-Writes are portable across servers: an insert that a unique index may refuse, then a read,
-instead of an upsert; filters without `$or`; times as epoch-millisecond integers.
+Writes stay portable across MongoDB-compatible servers. A row is created by an insert that a
+unique index may reject, followed by a read, rather than by an upsert. Filters use no `$or`,
+and times are epoch-millisecond integers.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _import_pymongo() -> Any:
     try:
         import pymongo
     except ImportError as error:
-        raise MissingDependencyError("MongoDB metadata", "pymongo", "mongodb") from error
+        raise MissingDependencyError("MongoDB", "pymongo", "mongodb") from error
     return pymongo
 
 
@@ -94,7 +95,7 @@ class MongoMetadataStore(MetadataStore):
         return self._database
 
     async def _insert_once(self, collection: str, document: dict[str, Any]) -> None:
-        """Insert `document` unless a unique index already holds its key."""
+        """Insert `document` unless a unique index already contains its key."""
         errors = _import_pymongo().errors
         try:
             await self.database[collection].insert_one(document)
