@@ -3,10 +3,9 @@
 Usage: python metadata_worker.py METADATA_URL
 
 It opens the store, prints "ready" and waits for a line on stdin, the start signal that lets
-every process begin at the same moment. Then it creates the service `org/prj/env/svc` (if no
-other process did) and reads the signing secret (creating it if no other process did), and
-prints one JSON line: the four ids and the SHA-256 of the secret, so the secret itself never
-reaches the test's output.
+every process begin at the same moment. Then it creates the service `org/prj/env/svc` and
+the signing secret, unless another process did first. It prints one JSON line: the four ids
+and the SHA-256 of the secret, so the secret itself never reaches the test's output.
 """
 
 from __future__ import annotations
