@@ -600,3 +600,31 @@ async def test_processes_hold_lock_one_at_a_time(database: Path) -> None:
     async with SQLiteDriver(database) as driver:
         history = await driver.read_history()
     assert [entry.lock_epoch for entry in history] == sorted(epochs)
+
+
+async def test_commit_in_body_rejected_after_driver_commits(
+    driver: SQLiteDriver, database: Path
+) -> None:
+    """The driver's own COMMIT, cached by sqlite3, must not let a change's COMMIT through."""
+    fence = await hold_lock(driver, "k", "runner-a")
+
+    async def harmless(connection: Any) -> None:
+        await connection.execute("SELECT 1")
+
+    for sequence in (1, 2):
+        entry = make_entry(f"ok-{sequence}", epoch=fence.epoch, sequence=sequence)
+        await driver.run_in_transaction(fence, harmless, lambda entry=entry: entry)
+
+    async def commits(connection: Any) -> None:
+        await connection.execute("CREATE TABLE partial (x INTEGER)")
+        await connection.execute("COMMIT")
+
+    with pytest.raises(DriverError) as raised:
+        await driver.run_in_transaction(
+            fence, commits, lambda: make_entry("bad", epoch=fence.epoch, sequence=3)
+        )
+
+    assert "COMMIT" in str(raised.value)
+    with raw_connection(database) as connection:
+        names = connection.execute("SELECT name FROM sqlite_master").fetchall()
+    assert ("partial",) not in names

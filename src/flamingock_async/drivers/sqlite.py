@@ -27,6 +27,7 @@ tests but cannot be shared by several runners in different processes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -93,7 +94,7 @@ _CONNECTION_LOCKS: weakref.WeakKeyDictionary[Any, anyio.Lock] = weakref.WeakKeyD
 def _transaction_lock(connection: aiosqlite.Connection) -> anyio.Lock:
     lock = _CONNECTION_LOCKS.get(connection)
     if lock is None:
-        lock = _CONNECTION_LOCKS[connection] = anyio.Lock()
+        lock = _CONNECTION_LOCKS[connection] = anyio.Lock(fast_acquire=True)
     return lock
 
 
@@ -103,6 +104,16 @@ def _import_aiosqlite() -> Any:
     except ImportError as error:
         raise MissingDependencyError("sqlite", "aiosqlite", "sqlite") from error
     return aiosqlite
+
+
+# The driver's own transaction statements on its transaction connection. The comment makes
+# their SQL text, the key of sqlite3's statement cache, differ from what change code writes.
+_BEGIN = "BEGIN IMMEDIATE /* flamingock-async */"
+_COMMIT = "COMMIT /* flamingock-async */"
+_ROLLBACK = "ROLLBACK /* flamingock-async */"
+
+# RETURNING (SQLite 3.35, 2021) reports whether a write changed a row in the same call.
+_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 
 
 def _allow_everything(action: int, *args: object) -> int:
@@ -173,6 +184,7 @@ class SQLiteDriver(Driver):
         self._transaction_connection: aiosqlite.Connection | None = None
         self._open_transaction: _OpenTransaction | None = None
         self._denied_statements: list[str] = []
+        self._body_running = False
 
     # -- capabilities ------------------------------------------------------------------------
 
@@ -234,7 +246,7 @@ class SQLiteDriver(Driver):
                 self._target = self._main
                 return
             self._target = await self._connect()
-            self._transaction_connection = await self._connect()
+            self._transaction_connection = await self._connect_for_transactions()
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._aclose()
@@ -487,16 +499,19 @@ class SQLiteDriver(Driver):
         self, connection: aiosqlite.Connection, entry: AuditEntry, fence: Fence
     ) -> bool:
         """Insert `entry` in one statement if the lock carries `fence`; return if it was."""
+        values = (*_entry_values(entry), fence.key, fence.owner, fence.epoch)
+        return await self._write(connection, self._fenced_insert, values)
+
+    @functools.cached_property
+    def _fenced_insert(self) -> str:
         columns = ", ".join(_quote(column) for column in _AUDIT_COLUMNS)
         placeholders = ", ".join("?" for _ in _AUDIT_COLUMNS)
-        statement = (
+        return (
             f"INSERT INTO {self._audit_table} ({columns}) SELECT {placeholders} "
             f"WHERE EXISTS (SELECT 1 FROM {self._lock_table} "
             "WHERE key = ? AND owner = ? AND epoch = ?) "
             "ON CONFLICT(entry_id) DO NOTHING"
         )
-        values = (*_entry_values(entry), fence.key, fence.owner, fence.epoch)
-        return await self._write(connection, statement, values)
 
     def _entry_from_row(self, row: Sequence[Any]) -> AuditEntry:
         rowid = row[0]
@@ -520,7 +535,7 @@ class SQLiteDriver(Driver):
     ) -> None:
         connection = await self._transaction_handle()
         async with _transaction_lock(connection):
-            await connection.execute("BEGIN IMMEDIATE")
+            await connection.execute(_BEGIN)
             self._open_transaction = _OpenTransaction(connection, fence.key)
             try:
                 await self._run_body(connection, body)
@@ -538,12 +553,34 @@ class SQLiteDriver(Driver):
         if self._transaction_connection is None:
             # Opened with the others; only a failed rollback discards it.
             self._require_main()
-            self._transaction_connection = await self._connect()
+            self._transaction_connection = await self._connect_for_transactions()
         return self._transaction_connection
 
-    async def _run_body(self, connection: aiosqlite.Connection, body: TransactionBody) -> None:
-        self._denied_statements.clear()
+    async def _connect_for_transactions(self) -> aiosqlite.Connection:
+        """Open the dedicated transaction connection, with the body's authorizer installed.
+
+        Installed once: setting an authorizer costs a trip to aiosqlite's thread, and doing
+        so around every change doubled the per-change overhead.
+        """
+        connection = await self._connect()
         await connection.set_authorizer(self._authorize_in_body)
+        return connection
+
+    async def _run_body(self, connection: aiosqlite.Connection, body: TransactionBody) -> None:
+        """Run a change's body with its own BEGIN, COMMIT and ROLLBACK rejected.
+
+        On the dedicated transaction connection the authorizer stays installed and only
+        this flag switches it on. That is safe because SQLite calls an authorizer when it
+        prepares a statement, and the only transaction statements prepared while the flag
+        is off are the driver's own, whose SQL text carries a comment that change code
+        does not write; a rejected statement is never cached. A shared single connection
+        gets the authorizer for the body only, which also expires its cached statements.
+        """
+        self._denied_statements.clear()
+        shared = connection is not self._transaction_connection
+        if shared:
+            await connection.set_authorizer(self._authorize_in_body)
+        self._body_running = True
         try:
             await body(connection)
         except ChangeBodyFailed as failure:
@@ -553,12 +590,14 @@ class SQLiteDriver(Driver):
             error.__cause__ = failure.error
             raise ChangeBodyFailed(error) from failure.error
         finally:
-            with anyio.CancelScope(shield=True):
-                await connection.set_authorizer(_NO_AUTHORIZER)
+            self._body_running = False
+            if shared:
+                with anyio.CancelScope(shield=True):
+                    await connection.set_authorizer(_NO_AUTHORIZER)
 
     def _authorize_in_body(self, action: int, *args: object) -> int:
         """Reject `BEGIN`, `COMMIT` and `ROLLBACK` issued by a change's own code."""
-        if action == sqlite3.SQLITE_TRANSACTION:
+        if self._body_running and action == sqlite3.SQLITE_TRANSACTION:
             self._denied_statements.append(str(args[0]))
             return sqlite3.SQLITE_DENY
         return sqlite3.SQLITE_OK
@@ -579,7 +618,7 @@ class SQLiteDriver(Driver):
         if not await self._insert_fenced(connection, entry, fence):
             current = await self._read_lock_in(connection, fence.key)
             _check_fence(current, fence)
-        await connection.execute("COMMIT")
+        await connection.execute(_COMMIT)
 
     async def _read_lock_in(self, connection: aiosqlite.Connection, key: str) -> LockRecord | None:
         columns = ", ".join(_LOCK_COLUMNS)
@@ -594,7 +633,7 @@ class SQLiteDriver(Driver):
         self._open_transaction = None
         try:
             if connection.in_transaction:
-                await connection.execute("ROLLBACK")
+                await connection.execute(_ROLLBACK)
         except Exception:
             logger.exception("Rolling back the transaction on %s failed", self.describe())
             await self._discard_transaction_connection(connection)
@@ -661,6 +700,10 @@ class SQLiteDriver(Driver):
         manager with an old version, and its release would fail.
         """
         with anyio.CancelScope(shield=True):
+            if _HAS_RETURNING:
+                # One trip to aiosqlite's thread: run, fetch and close the cursor together.
+                rows = await connection.execute_fetchall(f"{statement} RETURNING 1", parameters)
+                return len(list(rows)) > 0
             async with connection.execute(statement, parameters) as cursor:
                 changed = cursor.rowcount > 0
         return bool(changed)
