@@ -131,7 +131,9 @@ class ChangeExecutionError(ChangeError):
     """`execute` raised; the original exception is `__cause__`.
 
     `rollback_error` holds the exception of a rollback that failed afterwards, so the
-    change's own error is never replaced by it.
+    change's own error is never replaced by it. `needs_manual_intervention` is True when the
+    failure left the change in a state the next run stops at (`FAILED` without a rollback,
+    or `ROLLBACK_FAILED`), so an operator must check the target and run `flamingock mark`.
     """
 
     def __init__(
@@ -140,9 +142,11 @@ class ChangeExecutionError(ChangeError):
         *,
         change_id: str,
         rollback_error: BaseException | None = None,
+        needs_manual_intervention: bool = False,
     ) -> None:
         super().__init__(message, change_id=change_id)
         self.rollback_error = rollback_error
+        self.needs_manual_intervention = needs_manual_intervention
 
 
 class ManualInterventionRequiredError(ChangeError):

@@ -12,7 +12,7 @@ import anyio
 import anyio.abc
 
 from ._audit import AuditEntry, AuditState, new_id, now_ms
-from ._changes import ChangeDescriptor, LoadedChange
+from ._changes import ChangeDescriptor, LoadedChange, Recovery
 from ._errors import ChangeExecutionError, LockLostError
 from ._lock import LockManager
 from ._progress import ChangeContext, EventKind, RunProgress
@@ -52,6 +52,7 @@ class ChangeExecutor:
         self.applied: list[str] = []
         self.failed_change: str | None = None
         self.lost_error: LockLostError | None = None
+        self.lock_acquired = False
         self._emit = emit
         self._named, self._typed = _split_dependencies(dependencies)
         self._sequence = 0
@@ -212,7 +213,11 @@ class ChangeExecutor:
         self.failed_change = descriptor.id
         await self.append(descriptor, AuditState.FAILED, atomic=False, error=error)
         rollback_error = await self._roll_back(change, instance, context)
-        raise _execution_error(descriptor, error, rollback_error) from error
+        undone = change.has_rollback and rollback_error is None
+        left_uncertain = not undone and descriptor.recovery is Recovery.MANUAL_INTERVENTION
+        raise _execution_error(
+            descriptor, error, rollback_error, needs_manual_intervention=left_uncertain
+        ) from error
 
     async def _roll_back(
         self, change: LoadedChange, instance: Any, context: ChangeContext
@@ -406,7 +411,11 @@ def _format_trace(error: BaseException) -> str:
 
 
 def _execution_error(
-    descriptor: ChangeDescriptor, error: Exception, rollback_error: Exception | None
+    descriptor: ChangeDescriptor,
+    error: Exception,
+    rollback_error: Exception | None,
+    *,
+    needs_manual_intervention: bool = False,
 ) -> ChangeExecutionError:
     message = (
         f"Change {descriptor.id!r} ({descriptor.where}) failed: {type(error).__name__}: {error}"
@@ -416,7 +425,17 @@ def _execution_error(
             f"; its rollback failed too ({type(rollback_error).__name__}: {rollback_error}), "
             f"so check the target system and run 'flamingock mark {descriptor.id} --as ...'"
         )
-    return ChangeExecutionError(message, change_id=descriptor.id, rollback_error=rollback_error)
+    elif needs_manual_intervention:
+        message += (
+            "; it has no rollback, so check the target system and run "
+            f"'flamingock mark {descriptor.id} --as applied' or '--as rolled-back'"
+        )
+    return ChangeExecutionError(
+        message,
+        change_id=descriptor.id,
+        rollback_error=rollback_error,
+        needs_manual_intervention=needs_manual_intervention,
+    )
 
 
 def _rollback_error(descriptor: ChangeDescriptor, error: Exception) -> ChangeExecutionError:

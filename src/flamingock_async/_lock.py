@@ -29,7 +29,7 @@ import anyio
 import anyio.abc
 
 from ._audit import HOST, PID, new_id, now_ms
-from ._errors import DriverError, LockLostError, LockNotAcquiredError
+from ._errors import DriverError, DriverUnavailableError, LockLostError, LockNotAcquiredError
 
 if TYPE_CHECKING:
     from .drivers._base import Driver
@@ -164,14 +164,21 @@ class LockManager:
         Raises `LockNotAcquiredError` after `wait_timeout`.
         """
         deadline = self._clock() + self.settings.wait_timeout
+        last_error: DriverUnavailableError | None = None
         while True:
-            if await self.try_acquire(min_epoch):
-                return self.fence
+            try:
+                if await self.try_acquire(min_epoch):
+                    return self.fence
+            except DriverUnavailableError as error:
+                # A store that is busy or briefly unreachable is not a reason to give up
+                # before wait_timeout; SQLite reports a live writer this way.
+                logger.debug("Lock attempt on %r failed, retrying: %s", self.settings.key, error)
+                last_error = error
             if on_attempt is not None:
                 on_attempt()
             remaining = deadline - self._clock()
             if remaining <= 0:
-                raise self._not_acquired_error()
+                raise self._not_acquired_error() from last_error
             pause = self.settings.poll_interval * random.uniform(0.5, 1.5)
             await self._sleep(min(pause, remaining))
 
@@ -227,7 +234,8 @@ class LockManager:
         return LockNotAcquiredError(
             f"Could not acquire the lock {self.settings.key!r} within "
             f"{self.settings.wait_timeout:g} s; it is held by {holder}. Wait for that runner to "
-            "finish, raise wait_timeout, or run 'flamingock lock release --force' if it is dead.",
+            "finish, raise wait_timeout (--lock-wait-timeout), or run "
+            "'flamingock lock release --force' if it is dead.",
             holder=holder,
         )
 

@@ -180,6 +180,7 @@ class AsyncRunner:
         wanted = ids_to_run(pipeline, states)
         if not wanted:
             return self._nothing_to_do(executor.execution_id, pipeline)
+        self.progress.pending = len(wanted)
 
         from ._discovery import StaleManifestError
 
@@ -235,6 +236,7 @@ class AsyncRunner:
                 self.lock_settings.wait_timeout,
             )
             return False
+        executor.lock_acquired = True
         self._emit(EventKind.LOCK_ACQUIRED, executor.execution_id)
         return True
 
@@ -335,7 +337,7 @@ class AsyncRunner:
                 applied=tuple(executor.applied),
                 failed=executor.failed_change,
                 duration=time.monotonic() - started,
-                lock_acquired=executor.lock.held or bool(executor.applied),
+                lock_acquired=executor.lock_acquired,
             )
         self._emit(EventKind.RUN_FAILED, executor.execution_id, error=error)
 

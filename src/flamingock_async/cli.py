@@ -39,6 +39,7 @@ from ._audit import AuditState, now_ms
 from ._changes import LoadedChange, Pipeline
 from ._cli_render import plural
 from ._errors import (
+    ChangeExecutionError,
     ConfigurationError,
     FlamingockError,
     LockNotAcquiredError,
@@ -67,9 +68,10 @@ EXIT_WAIT_TIMEOUT = 5
 EXIT_CODES_HELP = """\b
 Exit codes:
   0  done, or nothing to do
-  1  failed: a change, the store or the lock failed
+  1  failed: a change, the store or the lock failed (also: stopped by SIGTERM)
   2  bad usage: invalid option, store URL or pipeline (the store is unchanged)
   3  manual intervention needed: run 'flamingock mark' after checking the target
+     (also: a change failed and its rollback is missing or failed)
   4  lock not acquired within --lock-wait-timeout
   5  'wait' timed out with changes still pending
 """
@@ -95,6 +97,8 @@ def exit_code_for(error: BaseException) -> int:
     if isinstance(error, (PipelineValidationError, ConfigurationError, MissingDependencyError)):
         return EXIT_USAGE
     if isinstance(error, ManualInterventionRequiredError):
+        return EXIT_MANUAL_INTERVENTION
+    if isinstance(error, ChangeExecutionError) and error.needs_manual_intervention:
         return EXIT_MANUAL_INTERVENTION
     if isinstance(error, LockNotAcquiredError):
         return EXIT_LOCK_NOT_ACQUIRED

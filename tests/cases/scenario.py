@@ -78,11 +78,22 @@ class CrashingImport:
         record("tx-import")
 
 
+@change_unit(id="tx-long", order="0001", author="cases")
+class LongTransactionalChange:
+    """Holds SQLite's write lock for CHANGE_SECONDS inside the store's transaction."""
+
+    async def execute(self, connection: Any) -> None:
+        await connection.execute("CREATE TABLE IF NOT EXISTS long_tx (n INTEGER)")
+        await anyio.sleep(float(os.environ.get("CHANGE_SECONDS", "30")))
+        record("tx-long")
+
+
 SCENARIOS = {
     "many": many,
     "long": lambda: [LongBackfill],
     "long-retry": lambda: [RetriedLongBackfill],
     "tx-crash": lambda: [CrashingImport],
+    "tx-long": lambda: [LongTransactionalChange],
 }
 
 

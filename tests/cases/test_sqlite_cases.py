@@ -198,6 +198,35 @@ def test_crash_in_transaction_commits_nothing(paths: dict[str, Path]) -> None:
         assert store.execute("SELECT count(*) FROM imported").fetchone()[0] == 100
 
 
+@pytest.mark.slow
+def test_waiter_times_out_during_long_transaction(paths: dict[str, Path]) -> None:
+    """A holder inside a long transactional change looks silent to others, since SQLite
+    shows its renewals only at commit; a waiter must still stop at its own wait timeout
+    with "lock not acquired", not fail on the file's write lock."""
+    holder = spawn(paths, "tx-long", LEASE="1", CHANGE_SECONDS="8")
+    wait_for(lambda: lock_is_held(paths))
+    started = time.monotonic()
+
+    code, report = finish(spawn(paths, "tx-long", LEASE="1", WAIT_TIMEOUT="3"))
+
+    assert code == 4
+    assert "Could not acquire the lock" in report["lock"]
+    assert time.monotonic() - started < 8
+    holder_code, holder_report = finish(holder)
+    assert holder_code == 0
+    assert holder_report["applied"] == ["tx-long"]
+    assert applied_log(paths) == ["tx-long"]
+
+
+def lock_is_held(paths: dict[str, Path]) -> bool:
+    if not paths["store"].exists():
+        return False
+    try:
+        return lock_row(paths)[0] is not None
+    except (sqlite3.OperationalError, TypeError):
+        return False
+
+
 # -- in-process cases on a real SQLite file ------------------------------------------------
 
 

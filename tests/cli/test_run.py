@@ -107,15 +107,37 @@ def test_run_relative_sqlite_url(workspace: Workspace, basic: str) -> None:
     assert (workspace.path / "relative.db").exists()
 
 
-def test_run_failed_change_exits_1(workspace: Workspace) -> None:
+def test_failed_change_without_rollback_exits_3(workspace: Workspace) -> None:
     package = workspace.package(NO_ROLLBACK)
 
     result = workspace.invoke("run", "--store", workspace.store, "--changes", package)
 
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert "send-email" in result.stderr
     assert "mail server refused" in result.stderr
+    assert "flamingock mark send-email" in result.stderr
     assert result.stderr.startswith("Error: ")
+
+
+TRANSACTIONAL_FAILURE = """
+from flamingock_async import change_unit
+
+
+@change_unit(id="add-column", order="0001", author="tests")
+class AddColumn:
+    async def execute(self, connection) -> None:
+        raise RuntimeError("constraint failed")
+"""
+
+
+def test_failed_transactional_change_exits_1(workspace: Workspace) -> None:
+    package = workspace.package(TRANSACTIONAL_FAILURE)
+
+    result = workspace.invoke("run", "--store", workspace.store, "--changes", package)
+
+    assert result.exit_code == 1
+    assert "add-column" in result.stderr
+    assert "constraint failed" in result.stderr
 
 
 def test_run_failure_json_shape(workspace: Workspace) -> None:
@@ -123,13 +145,14 @@ def test_run_failure_json_shape(workspace: Workspace) -> None:
 
     result = workspace.invoke("run", "--json", "--store", workspace.store, "--changes", package)
 
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     data = json.loads(result.stdout)
     assert data["failed"] == "send-email"
     assert data["applied"] == []
+    assert data["lock_acquired"] is True
     assert data["error"]["type"] == "ChangeExecutionError"
     assert data["error"]["change_id"] == "send-email"
-    assert data["error"]["exit_code"] == 1
+    assert data["error"]["exit_code"] == 3
     assert "mail server refused" in data["error"]["message"]
 
 

@@ -136,6 +136,7 @@ async def test_failed_change_rolled_back_then_reapplied() -> None:
         await runner.run()
     assert isinstance(raised.value.__cause__, RuntimeError)
     assert raised.value.rollback_error is None
+    assert not raised.value.needs_manual_intervention
     assert "half" not in store.data
 
     report = await runner_for(store, [CreateUsers, FailingWithRollback], calls).run()
@@ -167,6 +168,7 @@ async def test_failing_rollback_is_attached_not_replacing() -> None:
 
     assert isinstance(raised.value.__cause__, ValueError)
     assert isinstance(raised.value.rollback_error, OSError)
+    assert raised.value.needs_manual_intervention
     assert "bad row 17" in str(raised.value)
     assert states(store, "broken") == [
         AuditState.STARTED,
@@ -197,7 +199,9 @@ async def test_transactional_failure_commits_nothing_and_retries() -> None:
 
     assert "partial" not in store.data
     assert states(store, "tx-fails") == [AuditState.FAILED]
+    assert not raised.value.needs_manual_intervention
     assert raised.value.report.failed == "tx-fails"  # type: ignore[attr-defined]
+    assert raised.value.report.lock_acquired  # type: ignore[attr-defined]
     TransactionalFailure.fail = False
     report = await runner_for(store, [TransactionalFailure], calls).run()
     assert report.applied == ("tx-fails",)

@@ -106,6 +106,10 @@ def _import_aiosqlite() -> Any:
     return aiosqlite
 
 
+LOCK_WRITE_BUSY_TIMEOUT = 2.0
+"""Seconds a lock write waits for the file's write lock; lock writes are single statements,
+so a longer wait means a live runner is inside a transactional change."""
+
 # The driver's own transaction statements on its transaction connection. The comment makes
 # their SQL text, the key of sqlite3's statement cache, differ from what change code writes.
 _BEGIN = "BEGIN IMMEDIATE /* flamingock-async */"
@@ -185,6 +189,7 @@ class SQLiteDriver(Driver):
         self._open_transaction: _OpenTransaction | None = None
         self._denied_statements: list[str] = []
         self._body_running = False
+        self._lock_writer: aiosqlite.Connection | None = None
 
     # -- capabilities ------------------------------------------------------------------------
 
@@ -247,22 +252,26 @@ class SQLiteDriver(Driver):
                 return
             self._target = await self._connect()
             self._transaction_connection = await self._connect_for_transactions()
+            self._lock_writer = await self._connect(busy_timeout=LOCK_WRITE_BUSY_TIMEOUT)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._aclose()
             raise
 
-    async def _connect(self) -> aiosqlite.Connection:
+    async def _connect(self, *, busy_timeout: float | None = None) -> aiosqlite.Connection:
         module = _import_aiosqlite()
+        timeout = self.busy_timeout
+        if busy_timeout is not None:
+            timeout = min(busy_timeout, timeout)
         # sqlite3's `timeout` is the connection's busy timeout (`PRAGMA busy_timeout`).
         connection: aiosqlite.Connection = await module.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None
+            self.path, timeout=timeout, isolation_level=None
         )
         return connection
 
     async def _aclose(self) -> None:
-        owned = [self._transaction_connection, self._target, self._main]
-        self._main = self._target = self._transaction_connection = None
+        owned = [self._lock_writer, self._transaction_connection, self._target, self._main]
+        self._main = self._target = self._transaction_connection = self._lock_writer = None
         if self._user_connection is not None:
             return
         closed: set[int] = set()
@@ -396,14 +405,17 @@ class SQLiteDriver(Driver):
         heartbeat would then stall during a long transactional change. Writes to the lock of
         the open transaction therefore go through the transaction's own connection.
 
-        NOTE: other runners see those renewals only at commit. A waiter that finds the lease
-        expired meanwhile waits up to `busy_timeout` for the write lock, and raises
-        `DriverUnavailableError` if the transaction outlasts the lease plus `busy_timeout`.
+        Every other lock write goes through a connection with a short busy timeout
+        (`LOCK_WRITE_BUSY_TIMEOUT`). Other runners see the holder's renewals only when its
+        transaction commits, so a waiter may find the lease expired during a long change and
+        try to take it over; its write then finds the file locked by a live writer (SQLite's
+        file locks die with their process) and fails fast with `DriverUnavailableError`,
+        which the lock manager treats as "still held" and keeps waiting.
         """
         current = self._open_transaction
         if current is not None and current.key == key:
             return current.connection
-        return self._require_main()
+        return self._lock_writer or self._require_main()
 
     def _note_lock_write(self, key: str, version_before: int | None, record: LockRecord) -> None:
         current = self._open_transaction
