@@ -776,6 +776,12 @@ def validate(ctx: click.Context, /, **options: Any) -> None:
         f"Valid: {plural(len(pipeline), 'change')} in "
         f"{plural(len(pipeline.stages), 'stage')}: {stages}."
     )
+    if not settings.store:
+        click.echo(
+            "Change parameters were not checked, because what can be injected depends on the "
+            "store: pass --store (or set FLAMINGOCK_STORE) to check them too.",
+            err=True,
+        )
 
 
 class _NoStore(Driver):

@@ -230,6 +230,7 @@ def test_validate_checks_injection_with_store(workspace: Workspace) -> None:
     with_store = workspace.invoke("validate", "--store", workspace.store, "--changes", package)
 
     assert without_store.exit_code == 0, without_store.output
+    assert "pass --store" in without_store.stderr
     assert with_store.exit_code == 2
     assert "'payment_gateway'" in with_store.stderr
     assert not workspace.store_file.exists()
