@@ -57,6 +57,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from . import ChangeTemplate
+from ._operations import tag_operations, undo_operations
 
 __all__ = ["DynamoConfig", "DynamoTemplate", "TEMPLATE"]
 
@@ -312,22 +313,7 @@ _OPERATION_NAMES = (
 )
 
 
-def _tag_operation(item: object) -> object:
-    """Turn `{create_table: {...}}` into `{op: create_table, ...}` for validation."""
-    if not isinstance(item, Mapping) or len(item) != 1:
-        raise ValueError(
-            f"each operation must be a mapping with one key, one of {', '.join(_OPERATION_NAMES)}; "
-            f"got {item!r}"
-        )
-    [(name, fields)] = item.items()
-    if name not in _OPERATION_NAMES:
-        raise ValueError(f"unknown operation {name!r}; use one of {', '.join(_OPERATION_NAMES)}")
-    if isinstance(fields, str) and name == "delete_table":
-        fields = {"table": fields}
-    if not isinstance(fields, Mapping):
-        # pydantic reports only ValueError as a validation error with the field's location.
-        raise ValueError(f"the fields of {name!r} must be a mapping, got {fields!r}")  # noqa: TRY004
-    return {"op": name, **fields}
+_SHORTHAND = {"delete_table": "table"}
 
 
 class DynamoConfig(BaseModel):
@@ -341,20 +327,11 @@ class DynamoConfig(BaseModel):
     @field_validator("apply", "rollback", mode="before")
     @classmethod
     def _tag(cls, value: object) -> object:
-        if value is None:
-            return None
-        if not isinstance(value, list):
-            raise ValueError("give a list of operations")  # noqa: TRY004
-        return [_tag_operation(item) for item in value]
+        return tag_operations(value, _OPERATION_NAMES, _SHORTHAND)
 
     def undo_operations(self) -> tuple[_Operation, ...] | None:
         """Return the operations that undo `apply`, or None when some cannot be undone."""
-        if self.rollback is not None:
-            return self.rollback
-        inverses = [operation.inverse() for operation in reversed(self.apply)]
-        if any(inverse is None for inverse in inverses):
-            return None
-        return tuple(inverse for inverse in inverses if inverse is not None)
+        return undo_operations(self.apply, self.rollback)
 
 
 class DynamoTemplate(ChangeTemplate):
