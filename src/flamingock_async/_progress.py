@@ -1,4 +1,4 @@
-"""What a run reports while it goes and when it ends: progress, events, the final report."""
+"""Run progress, run events and the final run report."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ __all__ = ["RunState", "RunProgress", "EventKind", "RunEvent", "RunReport", "Cha
 
 
 class RunState(str, enum.Enum):
-    """Where a run is; `COMPLETED`, `FAILED` and `NOT_RUN` are final."""
+    """The phase a run is in; `COMPLETED`, `FAILED` and `NOT_RUN` are final."""
 
     IDLE = "IDLE"
     CHECKING = "CHECKING"
@@ -89,7 +89,7 @@ class RunEvent:
 class RunReport:
     """The outcome of `AsyncRunner.run()`. Durations are in seconds.
 
-    `not_run` is True when the lock could not be had and the runner was told to skip.
+    `not_run` is True when the lock was not acquired and `on_lock_timeout` is "skip".
     A failed run raises; its error carries the report as `error.report`, with `failed` set.
     """
 
@@ -115,7 +115,7 @@ class RunReport:
 
 @dataclasses.dataclass
 class ChangeContext:
-    """What the runner offers a change unit, injected by type or by the name `context`.
+    """The runner's services for a change unit, injected by type or by the name `context`.
 
     `metadata` is stored with the change's audit entry. `ensure_lock()` reads the lock and
     raises `LockLostError` if this runner no longer holds it; long changes call it before an

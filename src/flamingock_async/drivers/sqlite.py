@@ -107,8 +107,10 @@ def _import_aiosqlite() -> Any:
 
 
 LOCK_WRITE_BUSY_TIMEOUT = 2.0
-"""Seconds a lock write waits for the file's write lock; lock writes are single statements,
-so a longer wait means a live runner is inside a transactional change."""
+"""Seconds a lock write waits for the file's write lock.
+
+Lock writes are single statements, so a longer wait means that a live runner is inside a
+transactional change."""
 
 # The driver's own transaction statements on its transaction connection. The comment makes
 # their SQL text, the key of sqlite3's statement cache, differ from what change code writes.
@@ -408,9 +410,9 @@ class SQLiteDriver(Driver):
         Every other lock write goes through a connection with a short busy timeout
         (`LOCK_WRITE_BUSY_TIMEOUT`). Other runners see the holder's renewals only when its
         transaction commits, so a waiter may find the lease expired during a long change and
-        try to take it over; its write then finds the file locked by a live writer (SQLite's
-        file locks die with their process) and fails fast with `DriverUnavailableError`,
-        which the lock manager treats as "still held" and keeps waiting.
+        try to take it over. Its write then finds the file locked by a live writer, because
+        SQLite's file locks end with their process. The write fails fast with
+        `DriverUnavailableError`, and the lock manager keeps waiting.
         """
         current = self._open_transaction
         if current is not None and current.key == key:
@@ -582,11 +584,12 @@ class SQLiteDriver(Driver):
         """Run a change's body with its own BEGIN, COMMIT and ROLLBACK rejected.
 
         On the dedicated transaction connection the authorizer stays installed and only
-        this flag switches it on. That is safe because SQLite calls an authorizer when it
-        prepares a statement, and the only transaction statements prepared while the flag
-        is off are the driver's own, whose SQL text carries a comment that change code
-        does not write; a rejected statement is never cached. A shared single connection
-        gets the authorizer for the body only, which also expires its cached statements.
+        this flag switches it on. SQLite calls an authorizer when it prepares a statement,
+        and sqlite3 caches prepared statements by their SQL text. The only transaction
+        statements prepared while the flag is off are the driver's own, whose text carries
+        a comment that change code does not write, and a rejected statement is never
+        cached. A shared single connection gets the authorizer for the body only, which
+        also expires its cached statements.
         """
         self._denied_statements.clear()
         shared = connection is not self._transaction_connection

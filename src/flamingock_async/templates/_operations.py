@@ -1,7 +1,7 @@
 """Parsing shared by templates whose `apply` and `rollback` are lists of named operations.
 
 In a pipeline file such an operation is written as a mapping with one key, the operation's
-name, whose value holds its fields: `{create_index: {collection: users, keys: {email: 1}}}`.
+name, whose value contains its fields: `{create_index: {collection: users, keys: {email: 1}}}`.
 """
 
 from __future__ import annotations
