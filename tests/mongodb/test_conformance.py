@@ -65,5 +65,16 @@ class TestMongoDriver(DriverConformance):
         await super().test_renewal_during_transaction_abort(drivers)
 
 
+    @pytest.mark.real_mongodb
+    async def test_concurrent_append_same_entry_once(self, drivers: DriverPool) -> None:
+        """Real MongoDB only: with transactions on, each append is a transaction, and
+        nx-27017 fails concurrent transactions of several clients now and then ("no such
+        savepoint"), because it does not isolate them."""
+        await super().test_concurrent_append_same_entry_once(drivers)
+
+
 class TestMongoDriverWithoutTransactions(TestMongoDriver):
     transactions = False
+
+    async def test_concurrent_append_same_entry_once(self, drivers: DriverPool) -> None:
+        await DriverConformance.test_concurrent_append_same_entry_once(self, drivers)
