@@ -64,7 +64,6 @@ class TestMongoDriver(DriverConformance):
         """Real MongoDB only: nx-27017's abort also undoes the renewal another client wrote."""
         await super().test_renewal_during_transaction_abort(drivers)
 
-
     @pytest.mark.real_mongodb
     async def test_concurrent_append_same_entry_once(self, drivers: DriverPool) -> None:
         """Real MongoDB only: with transactions on, each append is a transaction, and
