@@ -357,7 +357,19 @@ class AsyncRunner:
         async with self._using_driver():
             descriptor = await self._known_change(change_id)
             async with self._holding_lock() as executor:
+                await self._check_not_already(change_id, state)
                 return await executor.append(descriptor, state, atomic=False)
+
+    async def _check_not_already(self, change_id: str, state: AuditState) -> None:
+        """Raise `ConfigurationError` when the change already is in the state to mark."""
+        history = await self.driver.read_history(change_id)
+        current = history[-1].state if history else None
+        wanted_applied = state is AuditState.MANUAL_MARKED_AS_APPLIED
+        if current is not None and (current.is_applied if wanted_applied else current.is_undone):
+            raise ConfigurationError(
+                f"Change {change_id!r} is already {current.value}, so nothing was written; "
+                "mark only a change whose last run left it STARTED, FAILED or ROLLBACK_FAILED."
+            )
 
     async def rollback(self, to: str) -> list[str]:
         """Undo applied changes after `to`, newest first, and return their ids.

@@ -13,6 +13,7 @@ from flamingock_async import (
     AuditState,
     ChangeContext,
     ChangeExecutionError,
+    ConfigurationError,
     EventKind,
     LockLostError,
     LockNotAcquiredError,
@@ -453,3 +454,18 @@ async def test_rollback_to_undoes_later_changes_newest_first() -> None:
     assert undone == ["seed-users"]
     assert store.data["users"] == []
     assert states(store, "seed-users")[-1] is AuditState.ROLLED_BACK
+
+
+async def test_mark_of_applied_change_rejected() -> None:
+    store, calls = MemoryStore(), Calls()
+    await runner_for(store, [Backfill], calls).run()
+    entries_before = list(store.audit)
+
+    with pytest.raises(ConfigurationError) as raised:
+        await runner_for(store, [Backfill], calls).mark(
+            "backfill", AuditState.MANUAL_MARKED_AS_APPLIED
+        )
+
+    assert "already APPLIED" in str(raised.value)
+    assert store.audit == entries_before
+    assert store.locks["svc"].is_free
