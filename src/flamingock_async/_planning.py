@@ -10,7 +10,7 @@ from ._audit import AuditEntry, AuditState, StateSummary
 from ._changes import ChangeDescriptor, Recovery
 from ._errors import ManualInterventionRequiredError
 
-__all__ = ["Action", "PlannedChange", "RunPlan", "plan_run", "decide", "ids_to_run"]
+__all__ = ["Action", "PlannedChange", "RunPlan", "plan_run", "decide", "max_epoch", "ids_to_run"]
 
 
 class Action(str, enum.Enum):
@@ -93,12 +93,21 @@ def decide(change: ChangeDescriptor, latest: AuditEntry | StateSummary | None) -
 def plan_run(changes: Iterable[ChangeDescriptor], states: Iterable[AuditEntry]) -> RunPlan:
     """Plan every change of the pipeline against the newest audit entry of each."""
     latest: Mapping[str, AuditEntry] = {entry.change_id: entry for entry in states}
-    max_epoch = max((entry.lock_epoch for entry in latest.values()), default=0)
+    highest = max_epoch(latest.values())
     planned = tuple(
         PlannedChange(change, decide(change, latest.get(change.id)), latest.get(change.id))
         for change in changes
     )
-    return RunPlan(planned, max_epoch)
+    return RunPlan(planned, highest)
+
+
+def max_epoch(states: Iterable[AuditEntry | StateSummary]) -> int:
+    """Return the highest lock epoch among the newest entries, or 0 for an empty log.
+
+    The newest entry of some change is the newest entry overall, so this is the epoch of
+    the last acquisition that wrote history; the next one must start above it.
+    """
+    return max((state.lock_epoch for state in states), default=0)
 
 
 def ids_to_run(changes: Iterable[ChangeDescriptor], states: Iterable[StateSummary]) -> list[str]:

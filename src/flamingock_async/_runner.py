@@ -24,7 +24,7 @@ from ._errors import (
 )
 from ._execution import ChangeExecutor
 from ._lock import LockManager, LockSettings
-from ._planning import RunPlan, ids_to_run, plan_run
+from ._planning import RunPlan, ids_to_run, max_epoch, plan_run
 from ._progress import EventKind, RunEvent, RunProgress, RunReport, RunState
 from .drivers._base import Driver
 
@@ -194,8 +194,7 @@ class AsyncRunner:
                 return self._nothing_to_do(executor.execution_id, pipeline)
             loaded = self._load_changes(pipeline, wanted)
         await self.driver.setup()
-        max_epoch = max((state.lock_epoch for state in states), default=0)
-        if not await self._acquire(executor, max_epoch):
+        if not await self._acquire(executor, max_epoch(states)):
             return RunReport(executor.execution_id, not_run=True)
         try:
             return await self._run_locked(executor, pipeline, loaded)
@@ -222,11 +221,11 @@ class AsyncRunner:
             raise PipelineValidationError(problems)
         return loaded
 
-    async def _acquire(self, executor: ChangeExecutor, max_epoch: int) -> bool:
+    async def _acquire(self, executor: ChangeExecutor, min_epoch: int) -> bool:
         self.progress.state = RunState.WAITING_FOR_LOCK
         self._emit(EventKind.LOCK_WAITING, executor.execution_id)
         try:
-            await executor.lock.acquire(max_epoch, on_attempt=self.progress.touch)
+            await executor.lock.acquire(min_epoch, on_attempt=self.progress.touch)
         except LockNotAcquiredError:
             if self.on_lock_timeout == "raise":
                 raise
@@ -446,5 +445,4 @@ class AsyncRunner:
         )
 
     async def _max_epoch(self) -> int:
-        states = await self.driver.read_states()
-        return max((entry.lock_epoch for entry in states), default=0)
+        return max_epoch(await self.driver.read_state_summaries())
