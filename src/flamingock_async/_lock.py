@@ -83,7 +83,7 @@ class Fence:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class LockSettings:
-    """How the runner takes and keeps the lock. Durations are in seconds.
+    """Settings of the lock a runner takes and keeps. Durations are in seconds.
 
     `lease` is how long a holder that stops renewing keeps the lock; the heartbeat renews it
     every third of that. `wait_timeout` bounds how long a runner waits for another holder.
@@ -356,17 +356,18 @@ class LockManager:
 
 
 async def force_release(driver: Driver, key: str) -> LockRecord | None:
-    """Mark the lock free whoever holds it, for an operator; return the record it replaced.
+    """Mark the lock free for an operator, whichever runner holds it; return the replaced record.
 
-    Returns None when there was nothing to release. The holder, if alive, will find its lease
-    gone at its next heartbeat and stop.
+    Returns None when there was nothing to release. A holder that is still alive finds its
+    lease gone at its next heartbeat and stops.
     """
-    current = await driver.read_lock(key)
-    if current is None or current.is_free:
-        return None
-    freed = dataclasses.replace(
-        current, owner=None, version=current.version + 1, renewed_at_ms=now_ms()
-    )
-    if not await driver.replace_lock(key, current.version, freed):
-        return await force_release(driver, key)
-    return current
+    while True:
+        current = await driver.read_lock(key)
+        if current is None or current.is_free:
+            return None
+        freed = dataclasses.replace(
+            current, owner=None, version=current.version + 1, renewed_at_ms=now_ms()
+        )
+        # A renewal between the read and this write changes the version; read again.
+        if await driver.replace_lock(key, current.version, freed):
+            return current
