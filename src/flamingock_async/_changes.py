@@ -27,7 +27,7 @@ C = TypeVar("C", bound=type)
 
 
 class Recovery(str, enum.Enum):
-    """What the next run does with a change whose outcome is unknown.
+    """The next run's choice for a change whose outcome is unknown.
 
     `MANUAL_INTERVENTION` stops the run until an operator runs `flamingock mark`.
     `ALWAYS_RETRY` applies the change again, so it must be idempotent.
@@ -79,7 +79,7 @@ def change_unit(
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ChangeDescriptor:
-    """A validated change as planning sees it: metadata only, nothing imported.
+    """A validated change as planning uses it: metadata only, nothing imported.
 
     `source` is `module:QualName` for a class, or `path#id` for a template change in a
     pipeline file; `file` is the file that declares it.

@@ -3,7 +3,7 @@
 FlamingockError
 ├── PipelineValidationError ........ a change or pipeline is malformed (nothing was written)
 ├── ConfigurationError (ValueError)  a store URL, option or environment variable is invalid
-├── DriverError .................... the store failed or answered something unexpected
+├── DriverError .................... the store failed or returned something unexpected
 │   ├── DriverUnavailableError ..... the store could not be reached in time
 │   ├── DriverAuthError ............ the store rejected the credentials or token
 │   ├── CorruptAuditEntryError ..... an audit record cannot be read back
@@ -130,7 +130,7 @@ class ChangeError(FlamingockError):
 class ChangeExecutionError(ChangeError):
     """`execute` raised; the original exception is `__cause__`.
 
-    `rollback_error` holds the exception of a rollback that failed afterwards, so the
+    `rollback_error` is the exception of a rollback that failed afterwards, so the
     change's own error is never replaced by it. `needs_manual_intervention` is True when the
     failure left the change in a state the next run stops at (`FAILED` without a rollback,
     or `ROLLBACK_FAILED`), so an operator must check the target and run `flamingock mark`.

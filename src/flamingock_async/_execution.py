@@ -242,8 +242,9 @@ class ChangeExecutor:
     ) -> None:
         """After an outside cancellation (shutdown), audit and roll back within the grace.
 
-        A transactional change was aborted by its transaction, so FAILED says so. Another
-        change gets its rollback; without one it stays FAILED for an operator to check.
+        A transactional change was aborted by its transaction, and its FAILED entry records
+        that nothing was committed. Another change gets its rollback, and without one it
+        stays FAILED for an operator to check.
         """
         descriptor = change.descriptor
         self.failed_change = descriptor.id

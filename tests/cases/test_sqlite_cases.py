@@ -200,8 +200,8 @@ def test_crash_in_transaction_commits_nothing(paths: dict[str, Path]) -> None:
 
 @pytest.mark.slow
 def test_waiter_times_out_during_long_transaction(paths: dict[str, Path]) -> None:
-    """A holder inside a long transactional change looks silent to others, since SQLite
-    shows its renewals only at commit; a waiter must still stop at its own wait timeout
+    """A holder inside a long transactional change looks silent to others, because SQLite
+    shows its renewals only at commit. A waiter must still stop at its own wait timeout
     with "lock not acquired", not fail on the file's write lock."""
     holder = spawn(paths, "tx-long", LEASE="1", CHANGE_SECONDS="8")
     wait_for(lambda: lock_is_held(paths))

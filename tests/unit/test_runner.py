@@ -291,7 +291,7 @@ class SlowChange:
 
 
 async def test_waiting_runner_replans_after_lock() -> None:
-    """Runner B sees a change pending, waits for A that applies it, and then skips it."""
+    """Runner B finds a change pending, waits for A that applies it, and then skips it."""
     store, calls = MemoryStore(), Calls()
     first = runner_for(store, [SlowChange], calls)
     second = runner_for(store, [SlowChange], calls)
