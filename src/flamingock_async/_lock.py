@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-
-import anyio
-import anyio.abc
 
 from ._audit import HOST, PID, new_id, now_ms
 from ._errors import DriverError, DriverUnavailableError, LockLostError, LockNotAcquiredError
 
 if TYPE_CHECKING:
+    import anyio.abc
+
     from .drivers._base import Driver
 
 __all__ = ["LockRecord", "Fence", "LockSettings", "LockManager"]
@@ -109,7 +107,9 @@ class LockSettings:
 class LockManager:
     """Takes, renews and releases one lock on behalf of one runner.
 
-    `clock` is a monotonic clock in seconds; tests pass a fake one.
+    `clock` is a monotonic clock in seconds and `sleep` an async sleep; tests pass fake
+    ones. anyio and `random` are imported on first use: a start with nothing pending never
+    builds a lock manager, and skipping them keeps that start fast.
     """
 
     def __init__(
@@ -119,8 +119,12 @@ class LockManager:
         *,
         owner: str | None = None,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
+        if sleep is None:
+            import anyio
+
+            sleep = anyio.sleep
         self.driver = driver
         self.settings = settings or LockSettings()
         self.owner = owner or new_id()
@@ -179,6 +183,8 @@ class LockManager:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise self._not_acquired_error() from last_error
+            import random
+
             pause = self.settings.poll_interval * random.uniform(0.5, 1.5)
             await self._sleep(min(pause, remaining))
 
@@ -272,7 +278,7 @@ class LockManager:
         on_lost: Callable[[LockLostError], None],
         *,
         on_renewed: Callable[[], None] | None = None,
-        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+        task_status: anyio.abc.TaskStatus[None] | None = None,
     ) -> None:
         """Renew the lease every third of it until cancelled; call `on_lost` and return if lost.
 
@@ -281,7 +287,8 @@ class LockManager:
         is treated as lost while a margin of a third of the lease remains.
         """
         interval = self.settings.lease / 3
-        task_status.started()
+        if task_status is not None:
+            task_status.started()
         while True:
             await self._sleep(interval)
             try:

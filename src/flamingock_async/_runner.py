@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
@@ -22,11 +22,13 @@ from ._errors import (
     LockNotAcquiredError,
     PipelineValidationError,
 )
-from ._execution import ChangeExecutor
-from ._lock import LockManager, LockSettings
+from ._lock import LockSettings
 from ._planning import RunPlan, ids_to_run, max_epoch, plan_run
 from ._progress import EventKind, RunEvent, RunProgress, RunReport, RunState
 from .drivers._base import Driver
+
+if TYPE_CHECKING:
+    from ._execution import ChangeExecutor
 
 __all__ = ["AsyncRunner", "ChangesSource", "Listener"]
 
@@ -81,6 +83,7 @@ class AsyncRunner:
         self._cache_dir = cache_dir
         self._listeners: list[Listener] = []
         self._pipeline: Pipeline | None = None
+        self._executor: ChangeExecutor | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -161,25 +164,27 @@ class AsyncRunner:
         started = time.monotonic()
         self.progress = RunProgress(state=RunState.CHECKING, execution_id=execution_id)
         self._emit(EventKind.RUN_STARTED, execution_id)
-        executor = self._new_executor(execution_id)
+        self._executor = None
         try:
             async with self._using_driver():
-                report = await self._run(executor)
+                report = await self._run(execution_id)
         except BaseException as error:
-            self._fail(executor, error, started)
+            self._fail(execution_id, error, started)
             raise
         report = dataclasses.replace(report, duration=time.monotonic() - started)
         self._finish(report)
         return report
 
-    async def _run(self, executor: ChangeExecutor) -> RunReport:
+    async def _run(self, execution_id: str) -> RunReport:
         pipeline = self.load_pipeline()
         # Summaries carry only what planning reads, so that a start with nothing pending
         # stays cheap however long the history is. Under the lock the full entries are read.
+        # Nothing that only a run with work needs (the executor, the lock manager, anyio's
+        # machinery) is built or imported before this point.
         states = await self.driver.read_state_summaries()
         wanted = ids_to_run(pipeline, states)
         if not wanted:
-            return self._nothing_to_do(executor.execution_id, pipeline)
+            return self._nothing_to_do(execution_id, pipeline)
         self.progress.pending = len(wanted)
 
         from ._discovery import StaleManifestError
@@ -191,8 +196,9 @@ class AsyncRunner:
             # itself from the import, so plan again.
             wanted = ids_to_run(pipeline, states)
             if not wanted:
-                return self._nothing_to_do(executor.execution_id, pipeline)
+                return self._nothing_to_do(execution_id, pipeline)
             loaded = self._load_changes(pipeline, wanted)
+        executor = self._executor = self._new_executor(execution_id)
         await self.driver.setup()
         if not await self._acquire(executor, max_epoch(states)):
             return RunReport(executor.execution_id, not_run=True)
@@ -202,6 +208,9 @@ class AsyncRunner:
             await self._release(executor)
 
     def _new_executor(self, execution_id: str) -> ChangeExecutor:
+        from ._execution import ChangeExecutor
+        from ._lock import LockManager
+
         lock = LockManager(self.driver, self.lock_settings)
         return ChangeExecutor(
             driver=self.driver,
@@ -215,6 +224,8 @@ class AsyncRunner:
 
     def _load_changes(self, pipeline: Pipeline, wanted: Sequence[str]) -> dict[str, LoadedChange]:
         """Import and validate the changes the run may apply, before anything is written."""
+        from ._execution import ChangeExecutor
+
         loaded = dict(pipeline.load(wanted))
         problems = ChangeExecutor.check_injection(self.driver, self._dependencies, loaded.values())
         if problems:
@@ -327,18 +338,19 @@ class AsyncRunner:
                 report.execution_id,
             )
 
-    def _fail(self, executor: ChangeExecutor, error: BaseException, started: float) -> None:
+    def _fail(self, execution_id: str, error: BaseException, started: float) -> None:
         self.progress.state = RunState.FAILED
         self.progress.error = f"{type(error).__name__}: {error}"
         if isinstance(error, FlamingockError):
+            executor = self._executor  # None when the run failed before it had work
             error.report = RunReport(  # type: ignore[attr-defined]
-                executor.execution_id,
-                applied=tuple(executor.applied),
-                failed=executor.failed_change,
+                execution_id,
+                applied=tuple(executor.applied) if executor else (),
+                failed=executor.failed_change if executor else None,
                 duration=time.monotonic() - started,
-                lock_acquired=executor.lock_acquired,
+                lock_acquired=executor.lock_acquired if executor else False,
             )
-        self._emit(EventKind.RUN_FAILED, executor.execution_id, error=error)
+        self._emit(EventKind.RUN_FAILED, execution_id, error=error)
 
     # -- operator actions --------------------------------------------------------------------
 
