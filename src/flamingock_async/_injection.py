@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 from ._errors import PipelineValidationError
 
-__all__ = ["check_injectable", "resolve_arguments"]
+__all__ = ["check_injectable", "resolve_arguments", "takes_arguments"]
 
 _ABSENT = object()
 _IDENTIFIER = re.compile(r"(?<![\w.])([A-Za-z_]\w*)(?=\.)")
@@ -84,6 +84,11 @@ def check_injectable(
         )
 
     return problems
+
+
+def takes_arguments(function: Callable[..., Any]) -> bool:
+    """Return whether `function` has a parameter that injection could fill."""
+    return bool(_parameters(function))
 
 
 def resolve_arguments(
@@ -150,14 +155,18 @@ def _parameters(function: Callable[..., Any]) -> tuple[_Parameter, ...]:
 
 def _analyse(function: Callable[..., Any]) -> tuple[_Parameter, ...]:
     signature = inspect.signature(function)
-    hints = _type_hints(function)
+    namespace = getattr(inspect.unwrap(function), "__globals__", {})
     parameters: list[_Parameter] = []
 
-    for parameter in signature.parameters.values():
+    for position, parameter in enumerate(signature.parameters.values()):
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             continue
 
-        annotation: object = hints.get(parameter.name, parameter.annotation)
+        annotation: object = parameter.annotation
+        # String annotations are resolved one by one, and only for parameters that can be
+        # injected: `self` and the return annotation are never resolved.
+        if isinstance(annotation, str) and not (position == 0 and parameter.name == "self"):
+            annotation = _evaluate(annotation, namespace)
         hint = annotation if isinstance(annotation, str) else None
         parameters.append(
             _Parameter(
@@ -170,21 +179,6 @@ def _analyse(function: Callable[..., Any]) -> tuple[_Parameter, ...]:
         )
 
     return tuple(parameters)
-
-
-def _type_hints(function: Callable[..., Any]) -> dict[str, object]:
-    """Resolve the annotations of `function`; unresolvable ones stay strings."""
-    try:
-        return dict(typing.get_type_hints(function))
-    except Exception:  # any failure means: resolve one by one
-        pass
-
-    annotations = dict(getattr(function, "__annotations__", {}) or {})
-    namespace = getattr(function, "__globals__", {})
-    for name, annotation in annotations.items():
-        if isinstance(annotation, str):
-            annotations[name] = _evaluate(annotation, namespace)
-    return annotations
 
 
 def _evaluate(hint: str, namespace: Mapping[str, Any]) -> object:
