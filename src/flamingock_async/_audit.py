@@ -97,7 +97,7 @@ class AuditEntry:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a plain mapping of JSON-compatible values, as drivers and the CLI store it."""
-        data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        data = {name: getattr(self, name) for name in _FIELD_NAMES}
         data["state"] = self.state.value
         data["metadata"] = dict(self.metadata)
         return data

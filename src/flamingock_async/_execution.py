@@ -14,6 +14,7 @@ import anyio.abc
 from ._audit import AuditEntry, AuditState, new_id, now_ms
 from ._changes import ChangeDescriptor, LoadedChange, Recovery
 from ._errors import ChangeExecutionError, LockLostError
+from ._injection import check_injectable, resolve_arguments, takes_arguments
 from ._lock import LockManager
 from ._progress import ChangeContext, EventKind, RunProgress
 from ._version import __version__
@@ -68,8 +69,6 @@ class ChangeExecutor:
         changes: Iterable[LoadedChange],
     ) -> list[str]:
         """Return a problem for every change parameter that nothing can fill."""
-        from ._injection import check_injectable
-
         named, typed = _split_dependencies(dependencies)
         catalogue: dict[str, type] = {"context": ChangeContext}
         catalogue.update(driver.provided_dependencies())
@@ -142,12 +141,13 @@ class ChangeExecutor:
         self.applied.append(descriptor.id)
         self.progress.applied += 1
         self._emit(EventKind.CHANGE_APPLIED, change_id=descriptor.id, duration=duration)
-        change_logger.info(
-            "Applied change %s in %.1f ms",
-            descriptor.id,
-            duration * 1000,
-            extra={"execution_id": self.execution_id, "change_id": descriptor.id},
-        )
+        if change_logger.isEnabledFor(logging.INFO):
+            change_logger.info(
+                "Applied change %s in %.1f ms",
+                descriptor.id,
+                duration * 1000,
+                extra={"execution_id": self.execution_id, "change_id": descriptor.id},
+            )
 
     async def _apply_atomic(self, change: LoadedChange) -> None:
         """Run the change, its APPLIED entry and the fence check in one store transaction."""
@@ -375,8 +375,8 @@ class ChangeExecutor:
     def _arguments(
         self, function: Callable[..., Any], context: ChangeContext, handle: Any
     ) -> dict[str, Any]:
-        from ._injection import resolve_arguments
-
+        if not takes_arguments(function):
+            return {}
         named: dict[str, object] = dict(self.driver.target_dependencies())
         named.update(self._named)
         named["context"] = context

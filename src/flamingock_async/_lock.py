@@ -131,6 +131,7 @@ class LockManager:
         self._clock = clock
         self._sleep = sleep
         self._record: LockRecord | None = None
+        self._fence: Fence | None = None  # of the current holding, built once per epoch
         self._renewed_at = 0.0
         self._observed_version: int | None = None
         self._observed_since = 0.0
@@ -143,9 +144,13 @@ class LockManager:
     @property
     def fence(self) -> Fence:
         """The fence of the current holding; raises `LockLostError` when not held."""
-        if self._record is None or self._record.owner != self.owner:
+        record = self._record
+        if record is None or record.owner != self.owner:
             raise LockLostError(f"The lock {self.settings.key!r} is not held by this runner.")
-        return Fence(self.settings.key, self.owner, self._record.epoch)
+        fence = self._fence
+        if fence is None or fence.epoch != record.epoch:
+            fence = self._fence = Fence(self.settings.key, self.owner, record.epoch)
+        return fence
 
     @property
     def held(self) -> bool:

@@ -120,6 +120,8 @@ class AsyncRunner:
 
     def _emit(self, kind: EventKind, execution_id: str, **details: Any) -> None:
         self.progress.touch()
+        if not self._listeners:
+            return
         event = RunEvent(kind, execution_id, **details)
         for listener in self._listeners:
             try:

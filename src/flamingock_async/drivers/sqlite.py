@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import json
 import logging
+import operator
 import os
 import re
 import sqlite3
@@ -78,6 +79,10 @@ _LOCK_COLUMNS = (
     "pid",
 )
 _AUDIT_COLUMNS = tuple(field.name for field in dataclasses.fields(AuditEntry))
+_read_audit_columns = operator.attrgetter(*_AUDIT_COLUMNS)
+_STATE_COLUMN = _AUDIT_COLUMNS.index("state")
+_TRANSACTIONAL_COLUMN = _AUDIT_COLUMNS.index("transactional")
+_METADATA_COLUMN = _AUDIT_COLUMNS.index("metadata")
 _TEXT_FIELDS = ("entry_id", "execution_id", "stage", "change_id", "author", "order", "host")
 _INT_FIELDS = ("lock_epoch", "sequence", "created_at_ms", "pid")
 _OPTIONAL_INT_FIELDS = ("started_at_ms", "finished_at_ms", "duration_ms")
@@ -510,11 +515,16 @@ class SQLiteDriver(Driver):
         _check_fence(current, fence)
 
     async def _insert_fenced(
-        self, connection: aiosqlite.Connection, entry: AuditEntry, fence: Fence
+        self,
+        connection: aiosqlite.Connection,
+        entry: AuditEntry,
+        fence: Fence,
+        *,
+        shield: bool = True,
     ) -> bool:
         """Insert `entry` in one statement if the lock carries `fence`; return if it was."""
-        values = (*_entry_values(entry), fence.key, fence.owner, fence.epoch)
-        return await self._write(connection, self._fenced_insert, values)
+        values = [*_entry_values(entry), fence.key, fence.owner, fence.epoch]
+        return await self._write(connection, self._fenced_insert, values, shield=shield)
 
     @functools.cached_property
     def _fenced_insert(self) -> str:
@@ -630,7 +640,7 @@ class SQLiteDriver(Driver):
     async def _finish_transaction(
         self, connection: aiosqlite.Connection, fence: Fence, entry: AuditEntry
     ) -> None:
-        if not await self._insert_fenced(connection, entry, fence):
+        if not await self._insert_fenced(connection, entry, fence, shield=False):
             current = await self._read_lock_in(connection, fence.key)
             _check_fence(current, fence)
         await connection.execute(_COMMIT)
@@ -705,23 +715,36 @@ class SQLiteDriver(Driver):
         return [tuple(row) for row in rows]
 
     async def _write(
-        self, connection: aiosqlite.Connection, statement: str, parameters: Sequence[Any]
+        self,
+        connection: aiosqlite.Connection,
+        statement: str,
+        parameters: Sequence[Any],
+        *,
+        shield: bool = True,
     ) -> bool:
         """Run one write statement; return whether it changed a row.
 
         aiosqlite finishes a statement on its thread even when the awaiting task is
         cancelled, so the wait is shielded: the caller always learns the outcome of a write
         that happened. Otherwise a heartbeat cancelled mid-renewal would leave the lock
-        manager with an old version, and its release would fail.
+        manager with an old version, and its release would fail. A write inside a
+        transaction passes `shield=False`: a cancellation there rolls the transaction back
+        after the statement, so the write has no outcome to learn.
         """
+        if not shield:
+            return await self._write_now(connection, statement, parameters)
         with anyio.CancelScope(shield=True):
-            if _HAS_RETURNING:
-                # One trip to aiosqlite's thread: run, fetch and close the cursor together.
-                rows = await connection.execute_fetchall(f"{statement} RETURNING 1", parameters)
-                return len(list(rows)) > 0
-            async with connection.execute(statement, parameters) as cursor:
-                changed = cursor.rowcount > 0
-        return bool(changed)
+            return await self._write_now(connection, statement, parameters)
+
+    async def _write_now(
+        self, connection: aiosqlite.Connection, statement: str, parameters: Sequence[Any]
+    ) -> bool:
+        if _HAS_RETURNING:
+            # One trip to aiosqlite's thread: run, fetch and close the cursor together.
+            rows = await connection.execute_fetchall(f"{statement} RETURNING 1", parameters)
+            return len(list(rows)) > 0
+        async with connection.execute(statement, parameters) as cursor:
+            return bool(cursor.rowcount > 0)
 
     def translate_error(self, error: Exception) -> FlamingockError:
         message = str(error)
@@ -752,11 +775,15 @@ def _lock_values(record: LockRecord) -> tuple[Any, ...]:
     return tuple(getattr(record, column) for column in _LOCK_COLUMNS)
 
 
-def _entry_values(entry: AuditEntry) -> tuple[Any, ...]:
-    data = entry.to_dict()
-    data["transactional"] = int(entry.transactional)
-    data["metadata"] = json.dumps(data["metadata"], sort_keys=True, default=str)
-    return tuple(data[column] for column in _AUDIT_COLUMNS)
+def _entry_values(entry: AuditEntry) -> list[Any]:
+    values = list(_read_audit_columns(entry))
+    values[_STATE_COLUMN] = entry.state.value
+    values[_TRANSACTIONAL_COLUMN] = int(entry.transactional)
+    metadata = entry.metadata
+    values[_METADATA_COLUMN] = (
+        json.dumps(metadata, sort_keys=True, default=str) if metadata else "{}"
+    )
+    return values
 
 
 def _summary_from_row(row: Sequence[Any]) -> StateSummary | None:
