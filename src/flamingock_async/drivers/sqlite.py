@@ -123,8 +123,6 @@ _BEGIN = "BEGIN IMMEDIATE /* flamingock-async */"
 _COMMIT = "COMMIT /* flamingock-async */"
 _ROLLBACK = "ROLLBACK /* flamingock-async */"
 
-# RETURNING (SQLite 3.35, 2021) reports whether a write changed a row in the same call.
-_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 
 
 def _allow_everything(action: int, *args: object) -> int:
@@ -739,12 +737,11 @@ class SQLiteDriver(Driver):
     async def _write_now(
         self, connection: aiosqlite.Connection, statement: str, parameters: Sequence[Any]
     ) -> bool:
-        if _HAS_RETURNING:
-            # One trip to aiosqlite's thread: run, fetch and close the cursor together.
-            rows = await connection.execute_fetchall(f"{statement} RETURNING 1", parameters)
-            return len(list(rows)) > 0
-        async with connection.execute(statement, parameters) as cursor:
-            return bool(cursor.rowcount > 0)
+        # One trip to aiosqlite's thread. A write statement runs to completion inside
+        # execute(), so the row count is known and the cursor holds no open statement;
+        # closing it would cost a second trip.
+        cursor = await connection.execute(statement, parameters)
+        return cursor.rowcount > 0
 
     def translate_error(self, error: Exception) -> FlamingockError:
         message = str(error)
