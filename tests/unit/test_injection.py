@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import sys
@@ -296,13 +297,13 @@ def test_signature_analysed_once(monkeypatch: pytest.MonkeyPatch) -> None:
         pass
 
     calls: list[object] = []
-    real = inspect.signature
+    real = _injection._declared_parameters
 
-    def counting(function: Any, *args: Any, **kwargs: Any) -> inspect.Signature:
+    def counting(function: Any) -> list[tuple[str, object, bool, bool]]:
         calls.append(function)
-        return real(function, *args, **kwargs)
+        return real(function)
 
-    monkeypatch.setattr(_injection.inspect, "signature", counting)
+    monkeypatch.setattr(_injection, "_declared_parameters", counting)
     for _ in range(3):
         resolve_arguments(execute, named={}, typed=[Database()])
         check_injectable(execute, names={"db": Database}, where="Change 'x'")
@@ -366,3 +367,49 @@ def test_check_untyped_needs_name() -> None:
 
     assert len(problems) == 1
     assert "named 'data'" in problems[0]
+
+
+def _by_signature(function: Any) -> list[tuple[str, object, bool, bool]]:
+    return [
+        (p.name, p.annotation, p.default is p.empty, p.kind is p.POSITIONAL_ONLY)
+        for p in inspect.signature(function).parameters.values()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+
+
+def _shapes() -> list[Any]:
+    def none() -> None:
+        pass
+
+    def positional(a: int, b: Database, c: str = "x") -> None:
+        pass
+
+    def positional_only(a: int, /, b: int = 1, *, c: int, d: int = 2) -> None:
+        pass
+
+    def variadic(self: object, *args: int, key: str, **kwargs: int) -> None:
+        pass
+
+    def defaults_only(a=1, b=2):  # type: ignore[no-untyped-def]
+        pass
+
+    async def method(self: object, db: Database, *, context: Any = None) -> None:
+        pass
+
+    return [none, positional, positional_only, variadic, defaults_only, method]
+
+
+@pytest.mark.parametrize("function", _shapes(), ids=lambda function: function.__name__)
+def test_code_object_reading_matches_inspect_signature(function: Any) -> None:
+    assert _injection._declared_parameters(function) == _by_signature(function)
+
+
+def test_wrapped_functions_are_read_through_their_signature() -> None:
+    def inner(db: Database, *, flag: bool = False) -> None:
+        pass
+
+    @functools.wraps(inner)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        inner(*args, **kwargs)
+
+    assert _injection._declared_parameters(wrapper) == _by_signature(inner)

@@ -124,7 +124,6 @@ _COMMIT = "COMMIT /* flamingock-async */"
 _ROLLBACK = "ROLLBACK /* flamingock-async */"
 
 
-
 def _allow_everything(action: int, *args: object) -> int:
     return sqlite3.SQLITE_OK
 
@@ -732,7 +731,8 @@ class SQLiteDriver(Driver):
         if not shield:
             return await self._write_now(connection, statement, parameters)
         with anyio.CancelScope(shield=True):
-            return await self._write_now(connection, statement, parameters)
+            changed = await self._write_now(connection, statement, parameters)
+        return changed
 
     async def _write_now(
         self, connection: aiosqlite.Connection, statement: str, parameters: Sequence[Any]
