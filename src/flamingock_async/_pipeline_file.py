@@ -40,6 +40,8 @@ class FileItem:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class FileStage:
+    """One stage of a pipeline file, with the line it starts on."""
+
     name: str
     line: int
     items: tuple[FileItem, ...]

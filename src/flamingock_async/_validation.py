@@ -12,7 +12,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ._changes import ChangeDescriptor, ChangeUnitSpec, Recovery, StagePlan
-from ._injection import check_injectable
 
 __all__ = [
     "ID_PATTERN",
@@ -112,6 +111,8 @@ def check_methods(
         problems += _check_constructor(cls, name)
 
     if dependency_names is not None:
+        from ._injection import check_injectable  # not needed by a start that loads no class
+
         for method in (execute, rollback):
             if method is not None and inspect.iscoroutinefunction(method):
                 problems += check_injectable(method, names=dependency_names, where=name)

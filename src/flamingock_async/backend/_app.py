@@ -334,6 +334,8 @@ RunnerId = Annotated[str, Header(alias="X-Flamingock-Runner-Id", pattern=RUNNER_
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Caller:
+    """The backend, the verified token claims and the runner id of one request."""
+
     backend: _Backend
     claims: Claims
     runner_id: str

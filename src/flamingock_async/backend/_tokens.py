@@ -38,6 +38,8 @@ _ALGORITHM = "HS256"
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class NewToken:
+    """A token as issued: the secret shown once, and the salt and digest that are stored."""
+
     token_id: str
     token: str
     salt: str
