@@ -68,7 +68,8 @@ EXIT_WAIT_TIMEOUT = 5
 EXIT_CODES_HELP = """\b
 Exit codes:
   0  done, or nothing to do
-  1  failed: a change, the store or the lock failed (also: stopped by SIGTERM)
+  1  failed: a change, the store or the lock failed (also: stopped by SIGTERM,
+     or a rollback not confirmed)
   2  bad usage: invalid option, store URL or pipeline (the store is unchanged)
   3  manual intervention needed: run 'flamingock mark' after checking the target
      (also: a change failed and its rollback is missing or failed)
@@ -764,6 +765,8 @@ def validate(ctx: click.Context, /, **options: Any) -> None:
     try:
         pipeline = check()
     except FlamingockError as error:
+        if settings.json:
+            _echo_json(settings, _invalid_pipeline_json(settings, error))
         _fail(settings, error)
 
     if settings.json:
@@ -782,6 +785,20 @@ def validate(ctx: click.Context, /, **options: Any) -> None:
             "store: pass --store (or set FLAMINGOCK_STORE) to check them too.",
             err=True,
         )
+
+
+def _invalid_pipeline_json(settings: Settings, error: FlamingockError) -> dict[str, Any]:
+    """The `validate --json` verdict for a pipeline that failed validation."""
+    problems = error.problems if isinstance(error, PipelineValidationError) else [str(error)]
+    return {
+        "valid": False,
+        "problems": [settings.redact(problem) for problem in problems],
+        "error": {
+            "type": type(error).__name__,
+            "message": settings.redact(str(error)),
+            "exit_code": exit_code_for(error),
+        },
+    }
 
 
 class _NoStore(Driver):
@@ -943,7 +960,13 @@ def rollback(ctx: click.Context, /, target: str, yes: bool, **options: Any) -> N
         return
     if not yes:
         click.echo(f"Changes to roll back, newest first: {', '.join(planned)}", err=True)
-        click.confirm(f"Roll back {plural(len(planned), 'change')}?", abort=True, err=True)
+        try:
+            confirmed = click.confirm(f"Roll back {plural(len(planned), 'change')}?", err=True)
+        except click.Abort:  # end of input or Ctrl-C at the prompt
+            confirmed = False
+        if not confirmed:
+            click.echo("Nothing was rolled back; pass --yes to skip this question.", err=True)
+            raise click.exceptions.Exit(1)
 
     async def work(driver: Driver) -> list[str]:
         return await _runner(settings, driver).rollback(to=target)

@@ -216,6 +216,35 @@ def test_validate_duplicate_ids_exits_2(workspace: Workspace) -> None:
     assert "Second" in result.stderr
 
 
+def test_validate_json_reports_every_problem_of_an_invalid_pipeline(
+    workspace: Workspace,
+) -> None:
+    package = workspace.package(DUPLICATE_IDS)
+
+    result = workspace.invoke("validate", "--json", "--changes", package)
+
+    assert result.exit_code == 2
+    data = json.loads(result.stdout)
+    assert data["valid"] is False
+    assert len(data["problems"]) == 1
+    assert "'same'" in data["problems"][0]
+    assert data["error"] == {
+        "type": "PipelineValidationError",
+        "message": data["problems"][0],
+        "exit_code": 2,
+    }
+    assert "'same'" in result.stderr
+
+
+def test_validate_json_reports_an_unimportable_module(workspace: Workspace) -> None:
+    result = workspace.invoke("validate", "--json", "--changes", "no_such_changes_module")
+
+    assert result.exit_code == 2
+    data = json.loads(result.stdout)
+    assert data["valid"] is False
+    assert "no_such_changes_module" in data["problems"][0]
+
+
 def test_validate_does_not_touch_store(workspace: Workspace, basic: str) -> None:
     result = workspace.invoke("validate", "--store", workspace.store, "--changes", basic)
 

@@ -165,6 +165,21 @@ def test_rollback_asks_first(workspace: Workspace, basic: str) -> None:
 
     assert declined.exit_code == 1
     assert "insert-pear, insert-apple" in declined.stderr
+    assert "Nothing was rolled back" in declined.stderr
+    assert snapshot(workspace.store_file) == before
+
+
+def test_rollback_without_an_answer_changes_nothing(workspace: Workspace, basic: str) -> None:
+    workspace.invoke("run", "--store", workspace.store, "--changes", basic)
+    before = snapshot(workspace.store_file)
+
+    result = workspace.invoke(
+        "rollback", "--to", "create-items", "--store", workspace.store, "--changes", basic,
+        input="",
+    )  # fmt: skip
+
+    assert result.exit_code == 1
+    assert "Nothing was rolled back" in result.stderr
     assert snapshot(workspace.store_file) == before
 
 
