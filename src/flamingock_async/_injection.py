@@ -56,11 +56,14 @@ def check_injectable(
     parameter can be filled when its annotation accepts one of those types or when its name
     is one of those names. `where` starts each message, for example `"Change 'x' (pkg.mod:Cls)"`.
     """
+    parameters = _parameters(function)
+    if not parameters:
+        return []
     problems: list[str] = []
     label = _function_label(function)
     provided_types = tuple(names.values())
 
-    for parameter in _parameters(function):
+    for parameter in parameters:
         if parameter.positional_only:
             problems.append(
                 f"{where}: parameter {parameter.name!r} of {label} is positional-only, so it "
