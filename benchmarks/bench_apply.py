@@ -15,7 +15,7 @@ make the same writes:
   insert, each committed on its own.
 
 Everything else the runner does counts as its overhead. It reads the states before and
-under the lock, reads the lock before inserting it, and opens three connections instead of
+under the lock, reads the lock before inserting it, and opens up to four connections instead of
 one. It installs the SQLite authorizer that rejects `COMMIT` in a change's code, builds
 audit entries, injects arguments, and sends events and progress.
 

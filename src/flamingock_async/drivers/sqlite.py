@@ -249,18 +249,19 @@ class SQLiteDriver(Driver):
         self._target = connection
 
     async def _connect_all(self) -> None:
-        try:
-            self._main = await self._connect()
-            if self.path == MEMORY:
-                self._target = self._main
-                return
-            self._target = await self._connect()
-            self._transaction_connection = await self._connect_for_transactions()
-            self._lock_writer = await self._connect(busy_timeout=LOCK_WRITE_BUSY_TIMEOUT)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._aclose()
-            raise
+        """Open the main connection, which is all that reading the audit log needs.
+
+        The other connections are opened on first use, so that a start with nothing
+        pending opens one connection (and one aiosqlite thread) instead of four.
+        """
+        self._main = await self._connect()
+        if self.path == MEMORY:
+            self._target = self._main
+
+    async def _connect_target(self) -> None:
+        if self._target is None:
+            connection = await self._connect()
+            self._target = await _keep_first(self._target, connection)
 
     async def _connect(self, *, busy_timeout: float | None = None) -> aiosqlite.Connection:
         module = _import_aiosqlite()
@@ -289,6 +290,7 @@ class SQLiteDriver(Driver):
             _check_database_path(self.path)
             await self._connect_all()
         main = self._require_main()
+        await self._connect_target()
         if self.path != MEMORY and self._user_connection is None:
             await self._enable_wal(main)
         if await self._schema_exists(main):
@@ -378,7 +380,7 @@ class SQLiteDriver(Driver):
         return self._lock_from_row(rows[0])
 
     async def _insert_lock(self, record: LockRecord) -> bool:
-        connection = self._lock_connection(record.key)
+        connection = await self._lock_connection(record.key)
         placeholders = ", ".join("?" for _ in _LOCK_COLUMNS)
         statement = (
             f"INSERT INTO {self._lock_table} ({', '.join(_LOCK_COLUMNS)}) "
@@ -392,7 +394,7 @@ class SQLiteDriver(Driver):
     async def _replace_lock(self, key: str, expected_version: int, record: LockRecord) -> bool:
         if record.key != key:
             raise DriverError(f"The lock record for key {record.key!r} cannot replace {key!r}.")
-        connection = self._lock_connection(key)
+        connection = await self._lock_connection(key)
         assignments = ", ".join(f"{column} = ?" for column in _LOCK_COLUMNS[1:])
         statement = f"UPDATE {self._lock_table} SET {assignments} WHERE key = ? AND version = ?"
         values = (*_lock_values(record)[1:], key, expected_version)
@@ -401,7 +403,7 @@ class SQLiteDriver(Driver):
             self._note_lock_write(key, expected_version, record)
         return replaced
 
-    def _lock_connection(self, key: str) -> aiosqlite.Connection:
+    async def _lock_connection(self, key: str) -> aiosqlite.Connection:
         """Return the connection for a write to lock `key`.
 
         While this driver runs a transaction, the file's write lock belongs to it, so a lock
@@ -419,7 +421,13 @@ class SQLiteDriver(Driver):
         current = self._open_transaction
         if current is not None and current.key == key:
             return current.connection
-        return self._lock_writer or self._require_main()
+        if self._single_connection:
+            return self._require_main()
+        if self._lock_writer is None:
+            self._require_main()
+            connection = await self._connect(busy_timeout=LOCK_WRITE_BUSY_TIMEOUT)
+            self._lock_writer = await _keep_first(self._lock_writer, connection)
+        return self._lock_writer
 
     def _note_lock_write(self, key: str, version_before: int | None, record: LockRecord) -> None:
         current = self._open_transaction
@@ -572,7 +580,7 @@ class SQLiteDriver(Driver):
         if self._single_connection:
             return self._require_main()
         if self._transaction_connection is None:
-            # Opened with the others; only a failed rollback discards it.
+            # Opened on first use, and again after a failed rollback discarded it.
             self._require_main()
             self._transaction_connection = await self._connect_for_transactions()
         return self._transaction_connection
@@ -766,6 +774,16 @@ class SQLiteDriver(Driver):
 
 
 # -- values and rows -----------------------------------------------------------------------
+
+
+async def _keep_first(
+    current: aiosqlite.Connection | None, opened: aiosqlite.Connection
+) -> aiosqlite.Connection:
+    """Return `opened`, or close it and return `current` if a concurrent call set that."""
+    if current is None:
+        return opened
+    await opened.close()
+    return current
 
 
 def _lock_values(record: LockRecord) -> tuple[Any, ...]:
