@@ -108,8 +108,8 @@ class LockManager:
     """Takes, renews and releases one lock on behalf of one runner.
 
     `clock` is a monotonic clock in seconds and `sleep` an async sleep; tests pass fake
-    ones. anyio and `random` are imported on first use: a start with nothing pending never
-    builds a lock manager, and skipping them keeps that start fast.
+    ones. Every start imports this module for the lock records and settings, but only a run
+    with work builds a lock manager, so anyio and `random` are imported here on first use.
     """
 
     def __init__(

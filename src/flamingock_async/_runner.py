@@ -181,8 +181,8 @@ class AsyncRunner:
         pipeline = self.load_pipeline()
         # Summaries carry only what planning reads, so that a start with nothing pending
         # stays cheap however long the history is. Under the lock the full entries are read.
-        # Nothing that only a run with work needs (the executor, the lock manager, anyio's
-        # machinery) is built or imported before this point.
+        # What only a run with work needs, the executor and the lock manager, is neither
+        # built nor imported before this point.
         states = await self.driver.read_state_summaries()
         wanted = ids_to_run(pipeline, states)
         if not wanted:

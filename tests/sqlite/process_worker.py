@@ -60,7 +60,6 @@ async def increment_counter(driver: SQLiteDriver) -> None:
 async def run_acquire(driver: SQLiteDriver, index: int, rounds: int) -> dict[str, object]:
     settings = LockSettings(key="shared", lease=10.0, wait_timeout=120.0, poll_interval=0.02)
     manager = LockManager(driver, settings, owner=f"runner-{index}")
-    await driver.setup()  # the tables exist; this opens the connection given to changes
     await wait_for_start()
     epochs = []
     for round_number in range(rounds):

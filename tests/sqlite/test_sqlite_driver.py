@@ -270,6 +270,17 @@ async def test_target_dependencies_before_setup(database: Path) -> None:
     assert "setup()" in str(raised.value)
 
 
+async def test_target_dependencies_after_open_of_a_set_up_database(database: Path) -> None:
+    """An application uses the change connection after a run that had nothing to apply."""
+    async with SQLiteDriver(database) as driver:
+        await driver.setup()
+    async with SQLiteDriver(database) as driver:
+        connection: Any = driver.target_dependencies()["connection"]
+        rows = list(await connection.execute_fetchall("SELECT 1"))
+
+    assert rows == [(1,)]
+
+
 async def test_target_connection_autocommits(driver: SQLiteDriver, database: Path) -> None:
     connection: Any = driver.target_dependencies()["db"]
 

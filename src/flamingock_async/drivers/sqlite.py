@@ -249,14 +249,23 @@ class SQLiteDriver(Driver):
         self._target = connection
 
     async def _connect_all(self) -> None:
-        """Open the main connection, which is all that reading the audit log needs.
+        """Open the main connection and the one given to changes.
 
-        The other connections are opened on first use, so that a start with nothing
-        pending opens one connection (and one aiosqlite thread) instead of four.
+        The target connection is opened here because applications use it after `run()`
+        even when nothing was pending. The lock writer and the transaction connection are
+        opened on first use, so that a start with nothing pending opens two connections
+        (and two aiosqlite threads) instead of four.
         """
         self._main = await self._connect()
         if self.path == MEMORY:
             self._target = self._main
+            return
+        try:
+            await self._connect_target()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._aclose()
+            raise
 
     async def _connect_target(self) -> None:
         if self._target is None:
