@@ -788,7 +788,7 @@ def validate(ctx: click.Context, /, **options: Any) -> None:
 
 
 def _invalid_pipeline_json(settings: Settings, error: FlamingockError) -> dict[str, Any]:
-    """The `validate --json` verdict for a pipeline that failed validation."""
+    """Build the `validate --json` output for a pipeline that failed validation."""
     problems = error.problems if isinstance(error, PipelineValidationError) else [str(error)]
     return {
         "valid": False,

@@ -216,9 +216,7 @@ def test_validate_duplicate_ids_exits_2(workspace: Workspace) -> None:
     assert "Second" in result.stderr
 
 
-def test_validate_json_reports_every_problem_of_an_invalid_pipeline(
-    workspace: Workspace,
-) -> None:
+def test_validate_json_invalid_pipeline(workspace: Workspace) -> None:
     package = workspace.package(DUPLICATE_IDS)
 
     result = workspace.invoke("validate", "--json", "--changes", package)
@@ -236,7 +234,7 @@ def test_validate_json_reports_every_problem_of_an_invalid_pipeline(
     assert "'same'" in result.stderr
 
 
-def test_validate_json_reports_an_unimportable_module(workspace: Workspace) -> None:
+def test_validate_json_unimportable_module(workspace: Workspace) -> None:
     result = workspace.invoke("validate", "--json", "--changes", "no_such_changes_module")
 
     assert result.exit_code == 2

@@ -169,7 +169,7 @@ def test_rollback_asks_first(workspace: Workspace, basic: str) -> None:
     assert snapshot(workspace.store_file) == before
 
 
-def test_rollback_without_an_answer_changes_nothing(workspace: Workspace, basic: str) -> None:
+def test_rollback_unanswered_changes_nothing(workspace: Workspace, basic: str) -> None:
     workspace.invoke("run", "--store", workspace.store, "--changes", basic)
     before = snapshot(workspace.store_file)
 

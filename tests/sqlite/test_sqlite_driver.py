@@ -270,7 +270,7 @@ async def test_target_dependencies_before_setup(database: Path) -> None:
     assert "setup()" in str(raised.value)
 
 
-async def test_target_dependencies_after_open_of_a_set_up_database(database: Path) -> None:
+async def test_target_dependencies_after_open(database: Path) -> None:
     """An application uses the change connection after a run that had nothing to apply."""
     async with SQLiteDriver(database) as driver:
         await driver.setup()

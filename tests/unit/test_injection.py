@@ -400,11 +400,11 @@ def _shapes() -> list[Any]:
 
 
 @pytest.mark.parametrize("function", _shapes(), ids=lambda function: function.__name__)
-def test_code_object_reading_matches_inspect_signature(function: Any) -> None:
+def test_code_parameters_match_signature(function: Any) -> None:
     assert _injection._declared_parameters(function) == _by_signature(function)
 
 
-def test_wrapped_functions_are_read_through_their_signature() -> None:
+def test_wrapped_function_uses_signature() -> None:
     def inner(db: Database, *, flag: bool = False) -> None:
         pass
 

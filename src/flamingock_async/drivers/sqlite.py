@@ -754,9 +754,9 @@ class SQLiteDriver(Driver):
     async def _write_now(
         self, connection: aiosqlite.Connection, statement: str, parameters: Sequence[Any]
     ) -> bool:
-        # One trip to aiosqlite's thread. A write statement runs to completion inside
-        # execute(), so the row count is known and the cursor holds no open statement;
-        # closing it would cost a second trip.
+        # One trip to aiosqlite's thread: execute() runs a write statement to completion, so
+        # the row count is known when it returns and the cursor keeps no open statement.
+        # Closing the cursor would cost a second trip.
         cursor = await connection.execute(statement, parameters)
         return cursor.rowcount > 0
 
