@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 __all__ = [
     "Recovery",
@@ -37,8 +37,9 @@ class Recovery(str, enum.Enum):
     ALWAYS_RETRY = "ALWAYS_RETRY"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ChangeUnitSpec:
+# The internal records below are NamedTuples rather than frozen dataclasses: a start imports
+# this module, and Python 3.11 takes about seven times longer to create a frozen dataclass.
+class ChangeUnitSpec(NamedTuple):
     """The arguments given to `@change_unit`, as written; validated when the pipeline loads."""
 
     id: Any
@@ -114,8 +115,7 @@ class ChangeDescriptor:
         return cls(**values)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class LoadedChange:
+class LoadedChange(NamedTuple):
     """A change ready to run: its descriptor and the bound coroutine functions.
 
     `new_instance()` creates a fresh instance of the change class for each run;
@@ -140,8 +140,7 @@ class Stage:
         return f"Stage({self.name!r}, {list(self.changes)!r})"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class StagePlan:
+class StagePlan(NamedTuple):
     """A validated stage: its name and its changes in execution order."""
 
     name: str
