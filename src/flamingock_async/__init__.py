@@ -32,10 +32,10 @@ from ._errors import (
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from ._execution import ChangeContext
     from ._lock import LockSettings
     from ._planning import Action, PlannedChange, RunPlan
     from ._progress import (
-        ChangeContext,
         EventKind,
         RunEvent,
         RunProgress,
@@ -52,7 +52,7 @@ _LAZY_NAMES = {
     "Action": "._planning",
     "PlannedChange": "._planning",
     "RunPlan": "._planning",
-    "ChangeContext": "._progress",
+    "ChangeContext": "._execution",
     "EventKind": "._progress",
     "RunEvent": "._progress",
     "RunProgress": "._progress",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import anyio
@@ -16,11 +17,11 @@ from ._changes import ChangeDescriptor, LoadedChange, Recovery
 from ._errors import ChangeExecutionError, LockLostError
 from ._injection import check_injectable, resolve_arguments, takes_arguments
 from ._lock import LockManager
-from ._progress import ChangeContext, EventKind, RunProgress
+from ._progress import EventKind, RunProgress
 from ._version import __version__
 from .drivers._base import Driver
 
-__all__ = ["ChangeExecutor"]
+__all__ = ["ChangeContext", "ChangeExecutor"]
 
 logger = logging.getLogger("flamingock_async")
 change_logger = logging.getLogger("flamingock_async.change")
@@ -29,6 +30,28 @@ MAX_TRACE_CHARS = 16_000
 """Longer tracebacks are cut to their last part, so one entry stays far below store limits."""
 
 Emit = Callable[..., None]
+
+
+@dataclasses.dataclass
+class ChangeContext:
+    """The runner's services for a change unit, injected by type or by the name `context`.
+
+    `metadata` is stored with the change's audit entry. `ensure_lock()` reads the lock and
+    raises `LockLostError` if this runner no longer holds it; long changes call it before an
+    irreversible step.
+    """
+
+    execution_id: str
+    change_id: str
+    stage: str
+    author: str
+    order: str
+    logger: logging.LoggerAdapter[logging.Logger]
+    metadata: MutableMapping[str, Any]
+    _ensure_lock: Callable[[], Awaitable[None]]
+
+    async def ensure_lock(self) -> None:
+        await self._ensure_lock()
 
 
 class ChangeExecutor:

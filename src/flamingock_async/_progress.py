@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-__all__ = ["RunState", "RunProgress", "EventKind", "RunEvent", "RunReport", "ChangeContext"]
+__all__ = ["RunState", "RunProgress", "EventKind", "RunEvent", "RunReport"]
 
 
 class RunState(str, enum.Enum):
@@ -111,25 +109,3 @@ class RunReport:
             "lock_acquired": self.lock_acquired,
             "not_run": self.not_run,
         }
-
-
-@dataclasses.dataclass
-class ChangeContext:
-    """The runner's services for a change unit, injected by type or by the name `context`.
-
-    `metadata` is stored with the change's audit entry. `ensure_lock()` reads the lock and
-    raises `LockLostError` if this runner no longer holds it; long changes call it before an
-    irreversible step.
-    """
-
-    execution_id: str
-    change_id: str
-    stage: str
-    author: str
-    order: str
-    logger: logging.LoggerAdapter[logging.Logger]
-    metadata: MutableMapping[str, Any]
-    _ensure_lock: Callable[[], Awaitable[None]]
-
-    async def ensure_lock(self) -> None:
-        await self._ensure_lock()
