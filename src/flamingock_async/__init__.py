@@ -34,7 +34,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from ._execution import ChangeContext
     from ._lock import LockSettings
-    from ._planning import Action, PlannedChange, RunPlan
+    from ._planning import PlannedChange, RunPlan
     from ._progress import (
         EventKind,
         RunEvent,
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 _LAZY_NAMES = {
     "AsyncRunner": "._runner",
     "LockSettings": "._lock",
-    "Action": "._planning",
+    "Action": "._state_table",
     "PlannedChange": "._planning",
     "RunPlan": "._planning",
     "ChangeContext": "._execution",

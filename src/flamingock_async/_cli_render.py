@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._audit import AuditEntry
 from ._changes import Pipeline
 from ._lock import LockRecord
-from ._planning import Action, PlannedChange, RunPlan
 from ._progress import RunReport
+from ._state_table import Action
+
+if TYPE_CHECKING:
+    from ._planning import PlannedChange, RunPlan
 
 __all__ = [
     "plural",

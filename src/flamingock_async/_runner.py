@@ -23,12 +23,13 @@ from ._errors import (
     PipelineValidationError,
 )
 from ._lock import LockSettings
-from ._planning import RunPlan, ids_to_run, max_epoch, plan_run
 from ._progress import EventKind, RunEvent, RunProgress, RunReport, RunState
+from ._state_table import ids_to_run, max_epoch
 from .drivers._base import Driver
 
 if TYPE_CHECKING:
     from ._execution import ChangeExecutor
+    from ._planning import RunPlan
 
 __all__ = ["AsyncRunner", "ChangesSource", "Listener"]
 
@@ -145,6 +146,8 @@ class AsyncRunner:
 
     async def plan(self) -> RunPlan:
         """Return what `run()` would do now, without taking the lock or writing anything."""
+        from ._planning import plan_run
+
         pipeline = self.load_pipeline()
         async with self._using_driver() as driver:
             return plan_run(pipeline, await driver.read_states())
@@ -281,6 +284,8 @@ class AsyncRunner:
         pipeline: Pipeline,
         loaded: dict[str, LoadedChange],
     ) -> RunReport:
+        from ._planning import plan_run
+
         plan = plan_run(pipeline, await self.driver.read_states())
         plan.raise_if_blocked()
         missing = [p.change.id for p in plan.to_apply if p.change.id not in loaded]

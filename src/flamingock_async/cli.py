@@ -31,7 +31,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -48,9 +48,11 @@ from ._errors import (
     PipelineValidationError,
 )
 from ._lock import LockSettings
-from ._planning import RunPlan, plan_run
 from ._runner import AsyncRunner
 from .drivers import Driver, driver_from_url, redact_url
+
+if TYPE_CHECKING:
+    from ._planning import RunPlan
 
 __all__ = ["cli", "main", "exit_code_for"]
 
@@ -678,6 +680,8 @@ def status(ctx: click.Context, /, **options: Any) -> None:
         states = await _read_states(driver)
         known = {change.id for change in pipeline}
         unknown = [entry for entry in states if entry.change_id not in known]
+        from ._planning import plan_run
+
         return plan_run(pipeline, states), unknown
 
     result, unknown = _execute(settings, lambda: _with_driver(settings, work))
