@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import sys
+import zlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -48,7 +49,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
 CACHE_DIR_VARIABLE = "FLAMINGOCK_CACHE_DIR"
 
 # Per change, in this order; stage, module and file are stored once per group.
@@ -200,7 +201,7 @@ def _scan_directory(
 
 
 def _signature(location: PackageLocation, stats: list[tuple[str, int, int]]) -> str:
-    return _digest([location.name, location.path, stats])
+    return _signature_text([location.name, location.path, stats])
 
 
 def composite_signature(key: Any, references: Sequence[str]) -> str | None:
@@ -223,12 +224,15 @@ def composite_signature(key: Any, references: Sequence[str]) -> str | None:
             logger.debug("Not caching the change manifest: scanning %s failed: %s", name, error)
             return None
         trees.append([name, location.path, location.is_package, stats])
-    return _digest([key, trees])
+    return _signature_text([key, trees])
 
 
-def _digest(material: list[Any]) -> str:
-    import hashlib
+def _signature_text(material: list[Any]) -> str:
+    """Return the signature: the listing and the versions as compact JSON text.
 
+    The text itself is stored and compared, not a hash of it, so a hit never needs hashlib
+    (importing it costs about a millisecond) and no collision can pass for a match.
+    """
     versions: list[Any] = [
         FORMAT,
         __version__,
@@ -236,7 +240,7 @@ def _digest(material: list[Any]) -> str:
         sys.implementation.cache_tag,
         _FIELDS,
     ]
-    return hashlib.sha256(json.dumps(versions + material).encode()).hexdigest()
+    return json.dumps(versions + material, separators=(",", ":"))
 
 
 def cache_file(location: PackageLocation, cache_dir: str | os.PathLike[str] | None) -> str:
@@ -252,16 +256,16 @@ def cache_path(
     """Return the cache file for `label`: in `cache_dir`, `$FLAMINGOCK_CACHE_DIR`, or the
     `__pycache__` directory under `base`, in that order of preference.
 
-    `identity` (a path, or other text that tells pipelines apart) is hashed into the name, so
-    that two projects with the same package or file name stay apart in a shared directory.
+    `identity` (a path, or other text that tells pipelines apart) goes into the name as a
+    CRC-32, so that two projects with the same package or file name stay apart in a shared
+    directory. Two identities with the same CRC share a file, which costs a rebuild when
+    they alternate but never a wrong hit, because the signature differs.
     """
-    import hashlib
-
     directory = cache_dir if cache_dir is not None else os.environ.get(CACHE_DIR_VARIABLE)
     if not directory:
         directory = os.path.join(base, "__pycache__")
 
-    identity_hash = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    identity_hash = f"{zlib.crc32(identity.encode()):08x}"
     return os.path.join(directory, f"flamingock-manifest.{label}.{identity_hash}.json")
 
 
