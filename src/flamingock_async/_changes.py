@@ -16,6 +16,7 @@ __all__ = [
     "Stage",
     "StagePlan",
     "Pipeline",
+    "ChangeKey",
     "DEFAULT_STAGE",
     "CHANGE_ATTRIBUTE",
 ]
@@ -147,6 +148,14 @@ class StagePlan(NamedTuple):
     changes: tuple[ChangeDescriptor, ...]
 
 
+class ChangeKey(NamedTuple):
+    """What planning reads of a change: its id, whether it runs always, and its recovery."""
+
+    id: str
+    run_always: bool
+    recovery: Recovery
+
+
 class Pipeline:
     """The validated, ordered stages of a run, loaded lazily.
 
@@ -159,19 +168,42 @@ class Pipeline:
         stages: Sequence[StagePlan],
         loader: Callable[[Sequence[str]], Mapping[str, LoadedChange]],
     ) -> None:
-        self.stages = tuple(stages)
         self._loader = loader
-        self._by_id = {change.id: change for change in self}
+        self._set_stages(stages)
+
+    def _set_stages(self, stages: Sequence[StagePlan] | None) -> None:
+        """Replace the stages; None leaves them to `_build_stages` on first use."""
+        self._stages = None if stages is None else tuple(stages)
+        self._by_id: dict[str, ChangeDescriptor] | None = None
+
+    @property
+    def stages(self) -> tuple[StagePlan, ...]:
+        if self._stages is None:
+            self._stages = tuple(self._build_stages())
+        return self._stages
+
+    def _build_stages(self) -> Sequence[StagePlan]:
+        """Build the stages that a subclass left to build on first use."""
+        raise NotImplementedError
 
     def __iter__(self) -> Iterator[ChangeDescriptor]:
         for stage in self.stages:
             yield from stage.changes
 
     def __len__(self) -> int:
-        return len(self._by_id)
+        return len(self._index())
 
     def get(self, change_id: str) -> ChangeDescriptor | None:
-        return self._by_id.get(change_id)
+        return self._index().get(change_id)
+
+    def _index(self) -> dict[str, ChangeDescriptor]:
+        if self._by_id is None:
+            self._by_id = {change.id: change for change in self}
+        return self._by_id
+
+    def planning_keys(self) -> list[ChangeKey]:
+        """Return what planning reads of each change, in execution order."""
+        return [ChangeKey(change.id, change.run_always, change.recovery) for change in self]
 
     def load(self, change_ids: Sequence[str]) -> Mapping[str, LoadedChange]:
         """Import and fully validate the given changes; raises `PipelineValidationError`."""

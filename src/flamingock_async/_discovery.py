@@ -34,6 +34,7 @@ from ._changes import (
     CHANGE_ATTRIBUTE,
     DEFAULT_STAGE,
     ChangeDescriptor,
+    ChangeKey,
     ChangeUnitSpec,
     LoadedChange,
     Pipeline,
@@ -535,11 +536,11 @@ def _load_package_with_cache(
 
     modules, signature = _manifest.scan(location)
     path = _manifest.cache_file(location, cache_dir)
-    stages = _manifest.read(path, signature)
-    if stages is not None:
-        _log_hit(stages, name, path)
+    cached = _manifest.read(path, signature)
+    if cached is not None:
+        _log_hit(cached, name, path)
         reload = functools.partial(_reload_package, name, cache_dir)
-        return _ManifestPipeline(stages, reload=reload)
+        return _ManifestPipeline(cached, reload=reload)
 
     stages, loaded = _import_package(name, modules)
     _manifest.write(path, signature, stages)
@@ -570,9 +571,8 @@ def _reload_package(
     return stages, loaded
 
 
-def _log_hit(stages: Sequence[StagePlan], name: str, path: str) -> None:
-    count = sum(len(stage.changes) for stage in stages)
-    logger.debug("Loaded %d change descriptors of %s from %s", count, name, path)
+def _log_hit(stages: _manifest.CachedStages, name: str, path: str) -> None:
+    logger.debug("Loaded %d change descriptors of %s from %s", len(stages), name, path)
 
 
 # -- the manifest cache of a pipeline file -------------------------------------------------------
@@ -709,19 +709,30 @@ class _ManifestPipeline(Pipeline):
 
     def __init__(
         self,
-        stages: Sequence[StagePlan],
+        cached: _manifest.CachedStages,
         *,
         reload: _Reload,
         templates: Mapping[str, type[ChangeTemplate]] | None = None,
         pipeline_file: str | None = None,
         class_entries: Iterable[str] = (),
     ) -> None:
-        super().__init__(stages, self._load_from_manifest)
+        super().__init__((), self._load_from_manifest)
+        self._set_stages(None)  # built from `cached` on first use, unless a reload comes first
+        self._cached = cached
         self._reload_all = reload
         self._templates = templates
         self._pipeline_file = pipeline_file
         self._class_entries = frozenset(class_entries)
         self._by_module: dict[str, list[ChangeDescriptor]] | None = None
+
+    def _build_stages(self) -> Sequence[StagePlan]:
+        return self._cached.build()
+
+    def __len__(self) -> int:
+        return len(self._cached) if self._stages is None else super().__len__()
+
+    def planning_keys(self) -> list[ChangeKey]:
+        return list(self._cached.keys) if self._stages is None else super().planning_keys()
 
     def _load_from_manifest(self, change_ids: Sequence[str]) -> dict[str, LoadedChange]:
         unknown = [change_id for change_id in change_ids if self.get(change_id) is None]

@@ -187,7 +187,7 @@ class AsyncRunner:
         # What only a run with work needs, the executor and the lock manager, is neither
         # built nor imported before this point.
         states = await self.driver.read_state_summaries()
-        wanted = ids_to_run(pipeline, states)
+        wanted = ids_to_run(pipeline.planning_keys(), states)
         if not wanted:
             return self._nothing_to_do(execution_id, pipeline)
         self.progress.pending = len(wanted)
@@ -199,7 +199,7 @@ class AsyncRunner:
         except StaleManifestError:
             # The cached manifest no longer matched the code and the pipeline has reloaded
             # itself from the import, so plan again.
-            wanted = ids_to_run(pipeline, states)
+            wanted = ids_to_run(pipeline.planning_keys(), states)
             if not wanted:
                 return self._nothing_to_do(execution_id, pipeline)
             loaded = self._load_changes(pipeline, wanted)
@@ -326,7 +326,7 @@ class AsyncRunner:
     def _nothing_to_do(self, execution_id: str, pipeline: Pipeline) -> RunReport:
         self._emit(EventKind.NOTHING_TO_DO, execution_id)
         logger.debug("Nothing to apply: all %d changes are applied", len(pipeline))
-        return RunReport(execution_id, skipped=tuple(change.id for change in pipeline))
+        return RunReport(execution_id, skipped=tuple(key.id for key in pipeline.planning_keys()))
 
     def _finish(self, report: RunReport) -> None:
         if report.not_run:

@@ -10,7 +10,7 @@ import enum
 from collections.abc import Iterable
 
 from ._audit import AuditEntry, AuditState, StateSummary
-from ._changes import ChangeDescriptor, Recovery
+from ._changes import ChangeDescriptor, ChangeKey, Recovery
 
 __all__ = ["Action", "decide", "max_epoch", "ids_to_run"]
 
@@ -21,7 +21,9 @@ class Action(str, enum.Enum):
     MANUAL_INTERVENTION = "MANUAL_INTERVENTION"
 
 
-def decide(change: ChangeDescriptor, latest: AuditEntry | StateSummary | None) -> Action:
+def decide(
+    change: ChangeDescriptor | ChangeKey, latest: AuditEntry | StateSummary | None
+) -> Action:
     """Apply the state table to one change.
 
     `latest.transactional` records whether that attempt committed atomically with its audit
@@ -46,7 +48,9 @@ def max_epoch(states: Iterable[AuditEntry | StateSummary]) -> int:
     return max((state.lock_epoch for state in states), default=0)
 
 
-def ids_to_run(changes: Iterable[ChangeDescriptor], states: Iterable[StateSummary]) -> list[str]:
+def ids_to_run(
+    changes: Iterable[ChangeDescriptor | ChangeKey], states: Iterable[StateSummary]
+) -> list[str]:
     """Return the ids that `plan_run` would not skip, in order, without building the plan."""
     latest = {state.change_id: state for state in states}
     return [

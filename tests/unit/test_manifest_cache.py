@@ -262,6 +262,41 @@ def test_wrong_shape_cache_is_ignored(make_package: MakePackage, cache_dir: Path
     assert ids(load_pipeline(package, cache_dir=cache_dir)) == ["in-a", "in-b", "in-c"]
 
 
+def test_invalid_recovery_in_cache_is_ignored(make_package: MakePackage, cache_dir: Path) -> None:
+    package = three_changes(make_package)
+    load_pipeline(package, cache_dir=cache_dir)
+    [path] = list(cache_dir.iterdir())
+    document = json.loads(path.read_text())
+    document["stages"][0]["groups"][0]["changes"][0][4] = "SOMETIMES"
+    path.write_text(json.dumps(document))
+    forget(package)
+
+    pipeline = load_pipeline(package, cache_dir=cache_dir)
+
+    assert f"{package}.a" in sys.modules
+    assert ids(pipeline) == ["in-a", "in-b", "in-c"]
+
+
+def test_cached_planning_builds_no_descriptor(
+    make_package: MakePackage, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = three_changes(make_package)
+    first = load_pipeline(package, cache_dir=cache_dir)
+    forget(package)
+
+    def no_build(stage: Any) -> Any:
+        raise AssertionError("a start with nothing pending built a change descriptor")
+
+    monkeypatch.setattr(_manifest, "_stage_from_json", no_build)
+    cached = load_pipeline(package, cache_dir=cache_dir)
+
+    assert cached.planning_keys() == first.planning_keys()
+    assert len(cached) == 3
+    monkeypatch.undo()
+    assert ids(cached) == ["in-a", "in-b", "in-c"]
+    assert cached.get("in-b") == first.get("in-b")
+
+
 def test_unwritable_cache_dir_is_skipped(
     make_package: MakePackage, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
