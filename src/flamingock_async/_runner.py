@@ -374,6 +374,9 @@ class AsyncRunner:
             )
         async with self._using_driver():
             descriptor = await self._known_change(change_id)
+            # Checked before the lock too, so that a change already in that state or a
+            # corrupt audit row fails without a lock write. The check under the lock decides.
+            await self._check_not_already(change_id, state)
             async with self._holding_lock() as executor:
                 await self._check_not_already(change_id, state)
                 return await executor.append(descriptor, state, atomic=False)
@@ -384,9 +387,14 @@ class AsyncRunner:
         current = history[-1].state if history else None
         wanted_applied = state is AuditState.MANUAL_MARKED_AS_APPLIED
         if current is not None and (current.is_applied if wanted_applied else current.is_undone):
+            next_step = (
+                "mark it --as rolled-back instead if it was undone by hand"
+                if wanted_applied
+                else "'flamingock run' applies it again"
+            )
             raise ConfigurationError(
                 f"Change {change_id!r} is already {current.value}, so nothing was written; "
-                "mark only a change whose last run left it STARTED, FAILED or ROLLBACK_FAILED."
+                f"{next_step}."
             )
 
     async def rollback(self, to: str) -> list[str]:

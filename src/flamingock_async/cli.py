@@ -920,8 +920,10 @@ def lock_release(ctx: click.Context, /, force: bool, **options: Any) -> None:
 def mark(ctx: click.Context, /, change_id: str, mark_as: str, **options: Any) -> None:
     """Record by hand that CHANGE_ID is applied or rolled back, after checking the target.
 
-    For a change that an earlier run left STARTED, FAILED or ROLLBACK_FAILED. The id must be
-    in the pipeline (--changes) or in the audit log.
+    Usually for a change that an earlier run left STARTED, FAILED or ROLLBACK_FAILED. A
+    change marked rolled back is applied again by the next run, so mark an applied change
+    rolled back only after undoing it by hand. The id must be in the pipeline (--changes)
+    or in the audit log.
     """
     settings = _settings(ctx, **options)
 
@@ -934,6 +936,8 @@ def mark(ctx: click.Context, /, change_id: str, mark_as: str, **options: Any) ->
         _echo_json(settings, entry.to_dict())
         return
     click.echo(f"Marked change {change_id!r} as {entry.state.value}.")
+    if entry.state is AuditState.MANUAL_MARKED_AS_ROLLED_BACK:
+        click.echo(f"The next 'flamingock run' applies {change_id!r} again.", err=True)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+from contextlib import closing
 
 from .helpers import Workspace, snapshot, table_rows
 
@@ -102,6 +104,50 @@ def test_mark_rolled_back_reapplies(workspace: Workspace) -> None:
     assert marked.exit_code == 0, marked.output
     assert json.loads(marked.stdout)["state"] == "MANUAL_MARKED_AS_ROLLED_BACK"
     assert json.loads(resumed.stdout)["applied"] == ["notify-partners", "insert-kiwi"]
+
+
+def test_mark_applied_change_as_applied_exits_2(workspace: Workspace, basic: str) -> None:
+    workspace.invoke("run", "--store", workspace.store, "--changes", basic)
+    before = snapshot(workspace.store_file)
+
+    result = workspace.invoke(
+        "mark", "insert-pear", "--as", "applied", "--store", workspace.store, "--changes", basic
+    )
+
+    assert result.exit_code == 2
+    assert "already APPLIED" in result.stderr
+    assert "--as rolled-back" in result.stderr
+    assert snapshot(workspace.store_file) == before
+
+
+def test_mark_applied_change_rolled_back_warns(workspace: Workspace, basic: str) -> None:
+    workspace.invoke("run", "--store", workspace.store, "--changes", basic)
+
+    result = workspace.invoke(
+        "mark", "insert-pear", "--as", "rolled-back", "--store", workspace.store,
+        "--changes", basic,
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    assert "applies 'insert-pear' again" in result.stderr
+
+
+def test_mark_with_corrupt_history_writes_nothing(workspace: Workspace, basic: str) -> None:
+    workspace.invoke("run", "--store", workspace.store, "--changes", basic)
+    with closing(sqlite3.connect(workspace.store_file)) as store, store:
+        store.execute(
+            "UPDATE flamingock_audit SET metadata = '{not json' WHERE change_id = 'insert-pear'"
+        )
+    before = snapshot(workspace.store_file)
+
+    result = workspace.invoke(
+        "mark", "insert-pear", "--as", "rolled-back", "--store", workspace.store,
+        "--changes", basic,
+    )  # fmt: skip
+
+    assert result.exit_code == 1
+    assert "repair or delete that row" in result.stderr
+    assert snapshot(workspace.store_file) == before
 
 
 def test_mark_unknown_id_exits_2(workspace: Workspace, basic: str) -> None:
