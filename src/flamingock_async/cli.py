@@ -413,15 +413,37 @@ def _run_until_terminated(settings: Settings, work: Callable[[], Awaitable[T]]) 
     raise click.exceptions.Exit(EXIT_FAILED)
 
 
-def _fail(settings: Settings, error: FlamingockError, *, code: int | None = None) -> NoReturn:
-    """Print `error` on standard error, with the cause's trace under -v, and exit."""
+def _fail(
+    settings: Settings,
+    error: FlamingockError,
+    *,
+    code: int | None = None,
+    data: dict[str, Any] | None = None,
+) -> NoReturn:
+    """Print `error` on standard error, with the cause's trace under -v, and exit.
+
+    With --json, standard output gets `data`, or else an object with only the error, so a
+    script reading it always finds JSON.
+    """
+    exit_code = exit_code_for(error) if code is None else code
+    if settings.json:
+        _echo_json(settings, data or {"error": _error_json(settings, error, exit_code)})
     if settings.verbose and error.__cause__ is not None:
         import traceback
 
         trace = "".join(traceback.format_exception(error.__cause__))
         click.echo(settings.redact(trace.rstrip()), err=True)
     click.echo(f"Error: {settings.redact(str(error))}", err=True)
-    raise click.exceptions.Exit(exit_code_for(error) if code is None else code)
+    raise click.exceptions.Exit(exit_code)
+
+
+def _error_json(settings: Settings, error: FlamingockError, exit_code: int) -> dict[str, Any]:
+    return {
+        "type": type(error).__name__,
+        "message": settings.redact(str(error)),
+        "change_id": getattr(error, "change_id", None),
+        "exit_code": exit_code,
+    }
 
 
 def _echo_json(settings: Settings, data: Any) -> None:
@@ -593,9 +615,7 @@ def run(ctx: click.Context, /, progress: bool | None, **options: Any) -> None:
     try:
         report = _run_until_terminated(settings, lambda: _with_driver(settings, work))
     except FlamingockError as error:
-        if settings.json:
-            _echo_json(settings, _failed_run_json(settings, error))
-        _fail(settings, error)
+        _fail(settings, error, data=_failed_run_json(settings, error))
 
     if settings.json:
         _echo_json(settings, {**report.as_dict(), "error": None})
@@ -609,12 +629,7 @@ def run(ctx: click.Context, /, progress: bool | None, **options: Any) -> None:
 def _failed_run_json(settings: Settings, error: FlamingockError) -> dict[str, Any]:
     report = getattr(error, "report", None)
     data: dict[str, Any] = report.as_dict() if report is not None else {}
-    data["error"] = {
-        "type": type(error).__name__,
-        "message": settings.redact(str(error)),
-        "change_id": getattr(error, "change_id", None),
-        "exit_code": exit_code_for(error),
-    }
+    data["error"] = _error_json(settings, error, exit_code_for(error))
     return data
 
 
@@ -769,9 +784,7 @@ def validate(ctx: click.Context, /, **options: Any) -> None:
     try:
         pipeline = check()
     except FlamingockError as error:
-        if settings.json:
-            _echo_json(settings, _invalid_pipeline_json(settings, error))
-        _fail(settings, error)
+        _fail(settings, error, data=_invalid_pipeline_json(settings, error))
 
     if settings.json:
         from ._cli_render import pipeline_json
@@ -797,11 +810,7 @@ def _invalid_pipeline_json(settings: Settings, error: FlamingockError) -> dict[s
     return {
         "valid": False,
         "problems": [settings.redact(problem) for problem in problems],
-        "error": {
-            "type": type(error).__name__,
-            "message": settings.redact(str(error)),
-            "exit_code": exit_code_for(error),
-        },
+        "error": _error_json(settings, error, exit_code_for(error)),
     }
 
 

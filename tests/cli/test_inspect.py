@@ -229,6 +229,7 @@ def test_validate_json_invalid_pipeline(workspace: Workspace) -> None:
     assert data["error"] == {
         "type": "PipelineValidationError",
         "message": data["problems"][0],
+        "change_id": None,
         "exit_code": 2,
     }
     assert "'same'" in result.stderr
@@ -353,3 +354,14 @@ def test_serve_group_is_mounted(workspace: Workspace) -> None:
     assert "  serve" in listed.stdout
     assert serve.exit_code == 0, serve.output
     assert "--port" in serve.stdout
+
+
+def test_json_error_object_on_failure(workspace: Workspace) -> None:
+    result = workspace.invoke("history", "--json", "--store", "sqlite:///missing-folder/x.db")
+
+    assert result.exit_code == 2
+    error = json.loads(result.stdout)["error"]
+    assert error["type"] == "ConfigurationError"
+    assert error["exit_code"] == 2
+    assert "missing-folder" in error["message"]
+    assert error["message"] in result.stderr
