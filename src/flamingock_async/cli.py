@@ -47,7 +47,7 @@ from ._errors import (
     MissingDependencyError,
     PipelineValidationError,
 )
-from ._lock import LockSettings
+from ._lock import LockRecord, LockSettings
 from ._runner import AsyncRunner
 from .drivers import Driver, driver_from_url, redact_url
 
@@ -690,18 +690,22 @@ def status(ctx: click.Context, /, **options: Any) -> None:
             click.echo(line)
         return
 
-    async def work(driver: Driver) -> tuple[RunPlan, list[Any]]:
+    async def work(driver: Driver) -> tuple[RunPlan, list[Any], LockRecord | None]:
         pipeline = _runner(settings, driver).load_pipeline()
         states = await _read_states(driver)
         known = {change.id for change in pipeline}
         unknown = [entry for entry in states if entry.change_id not in known]
         from ._planning import plan_run
 
-        return plan_run(pipeline, states), unknown
+        return plan_run(pipeline, states), unknown, await driver.read_lock(settings.lock_key)
 
-    result, unknown = _execute(settings, lambda: _with_driver(settings, work))
+    result, unknown, lock = _execute(settings, lambda: _with_driver(settings, work))
     if settings.json:
-        _echo_json(settings, status_json(result, store_shown, unknown))
+        from ._cli_render import lock_json
+
+        data = status_json(result, store_shown, unknown)
+        data["lock"] = lock_json(settings.lock_key, lock)
+        _echo_json(settings, data)
         return
     for line in plan_rows(result):
         click.echo(line)
@@ -711,6 +715,12 @@ def status(ctx: click.Context, /, **options: Any) -> None:
         f"{applied} applied, {len(result.to_apply)} to apply at the next run, "
         f"{len(result.blocked)} need manual intervention."
     )
+    if result.blocked and lock is not None and not lock.is_free:
+        # A STARTED change may belong to the run that holds the lock right now.
+        click.echo(
+            f"The lock {settings.lock_key!r} is held ({lock.describe()}): a STARTED change "
+            "may still be running there. Check 'flamingock lock show' before marking it."
+        )
     if unknown:
         click.echo(
             f"{plural(len(unknown), 'audited change')} not in the pipeline: "

@@ -150,6 +150,25 @@ def test_mark_with_corrupt_history_writes_nothing(workspace: Workspace, basic: s
     assert snapshot(workspace.store_file) == before
 
 
+def test_status_names_lock_holder_of_blocked(workspace: Workspace) -> None:
+    package = blocked_store(workspace)
+    with closing(sqlite3.connect(workspace.store_file)) as store, store:
+        store.execute("UPDATE flamingock_lock SET owner = 'other-runner', host = 'pod-7', pid = 42")
+
+    text = workspace.invoke("status", "--store", workspace.store, "--changes", package)
+    data = json.loads(
+        workspace.invoke(
+            "status", "--json", "--store", workspace.store, "--changes", package
+        ).stdout
+    )
+
+    assert text.exit_code == 0, text.output
+    assert "other-runner on host pod-7 pid 42" in text.stdout
+    assert "flamingock lock show" in text.stdout
+    assert data["lock"]["held"] is True
+    assert data["lock"]["record"]["owner"] == "other-runner"
+
+
 def test_mark_unknown_id_exits_2(workspace: Workspace, basic: str) -> None:
     workspace.invoke("run", "--store", workspace.store, "--changes", basic)
     before = snapshot(workspace.store_file)
