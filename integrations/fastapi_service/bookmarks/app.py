@@ -12,6 +12,7 @@ environment variables:
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Annotated, Any, cast
 
@@ -29,6 +30,10 @@ from flamingock_async.fastapi import (
 )
 
 from .storage import Bookmarks, backend_of, bookmarks_for
+
+# uvicorn sets up only its own loggers. This sends the library's records (one line per
+# applied change, lock waits, a failed change and its error) to standard error as well.
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 DEFAULT_STORE = "sqlite:///bookmarks.db"
 PORT = 8000
