@@ -149,7 +149,7 @@ class StagePlan(NamedTuple):
 
 
 class ChangeKey(NamedTuple):
-    """What planning reads of a change: its id, whether it runs always, and its recovery."""
+    """The fields of a change that planning reads: id, `run_always` and recovery."""
 
     id: str
     run_always: bool

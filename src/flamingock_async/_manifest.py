@@ -308,7 +308,7 @@ class CachedStages:
     Building 10,000 frozen descriptors takes about 20 ms on a 2-core machine, so they are
     built only when a run has work or a command shows the pipeline. The constructor reads
     every row and raises `KeyError`, `TypeError` or `ValueError` for a corrupt file, so
-    that `build()` cannot fail later.
+    `build()`, which reads the same fields, cannot fail later.
     """
 
     def __init__(self, stages: Any) -> None:

@@ -130,8 +130,8 @@ def test_killed_holder_leads_to_manual_intervention(paths: dict[str, Path]) -> N
     assert report["manual"] == "long-backfill"
     assert "flamingock mark long-backfill" in report["message"]
     # The waiter takes over once it has seen the same lock version for one lease (1.5 s)
-    # on its own clock, so the whole second run takes a few seconds; 10 s allows for a
-    # loaded machine while still catching a waiter that waits for its wait_timeout.
+    # on its own clock, so the second run takes a few seconds. 10 s allows for a loaded
+    # machine and still catches a waiter that waits for its wait_timeout (60 s).
     assert time.monotonic() - killed_at < 10
     assert audit_states(paths, "long-backfill") == ["STARTED"]
 
