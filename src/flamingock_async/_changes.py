@@ -160,19 +160,17 @@ class Pipeline:
     """The validated, ordered stages of a run, loaded lazily.
 
     `loader` imports the given change ids and returns them ready to run; a pipeline built
-    from a cached manifest imports nothing until a change is pending.
+    from a cached manifest imports nothing until a change is pending. A subclass may pass
+    None for `stages`, which `_build_stages()` then builds on first use, and None for
+    `loader`, overriding `load()` instead.
     """
 
     def __init__(
         self,
-        stages: Sequence[StagePlan],
-        loader: Callable[[Sequence[str]], Mapping[str, LoadedChange]],
+        stages: Sequence[StagePlan] | None,
+        loader: Callable[[Sequence[str]], Mapping[str, LoadedChange]] | None,
     ) -> None:
         self._loader = loader
-        self._set_stages(stages)
-
-    def _set_stages(self, stages: Sequence[StagePlan] | None) -> None:
-        """Replace the stages; None leaves them to `_build_stages` on first use."""
         self._stages = None if stages is None else tuple(stages)
         self._by_id: dict[str, ChangeDescriptor] | None = None
 
@@ -207,4 +205,6 @@ class Pipeline:
 
     def load(self, change_ids: Sequence[str]) -> Mapping[str, LoadedChange]:
         """Import and fully validate the given changes; raises `PipelineValidationError`."""
+        if self._loader is None:
+            raise NotImplementedError("a pipeline built without a loader overrides load()")
         return self._loader(change_ids)

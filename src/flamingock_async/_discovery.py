@@ -716,11 +716,10 @@ class _ManifestPipeline(Pipeline):
         pipeline_file: str | None = None,
         class_entries: Iterable[str] = (),
     ) -> None:
-        # The loader is `load()` below, not a bound method stored on the object: that would
-        # make a reference cycle, left for the garbage collector at exit.
-        super().__init__((), _EagerLoader({}))
-        self._set_stages(None)  # built from `cached` on first use, unless a reload comes first
-        self._from_manifest = True
+        # Stages are built from `cached` on first use, unless a reload comes first. The
+        # loader is `load()` below, not a bound method stored on the object, because that
+        # would make a reference cycle, left for the garbage collector at exit.
+        super().__init__(None, None)
         self._cached = cached
         self._reload_all = reload
         self._templates = templates
@@ -732,7 +731,7 @@ class _ManifestPipeline(Pipeline):
         return self._cached.build()
 
     def load(self, change_ids: Sequence[str]) -> Mapping[str, LoadedChange]:
-        if self._from_manifest:
+        if self._loader is None:  # not reloaded yet
             return self._load_from_manifest(change_ids)
         return super().load(change_ids)
 
@@ -778,7 +777,6 @@ class _ManifestPipeline(Pipeline):
         stale = _stale_change(expected, [c.descriptor for c in fresh.values()] + templates)
         if stale is not None:
             Pipeline.__init__(self, *_eager(self._reload_all()))
-            self._from_manifest = False
             cause = (
                 "an edit kept the pipeline file's size and modification time"
                 if stale.template is not None

@@ -43,7 +43,7 @@ def max_epoch(states: Iterable[AuditEntry | StateSummary]) -> int:
     """Return the highest lock epoch among the newest entries, or 0 for an empty log.
 
     The newest entry of some change is the newest entry overall, so this is the epoch of
-    the last acquisition that wrote history; the next one must start above it.
+    the last acquisition that wrote history. The next acquisition must start above it.
     """
     return max((state.lock_epoch for state in states), default=0)
 

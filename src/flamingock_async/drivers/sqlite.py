@@ -267,16 +267,11 @@ class SQLiteDriver(Driver):
             self._target = self._main
             return
         try:
-            await self._connect_target()
+            self._target = await self._connect()
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._aclose()
             raise
-
-    async def _connect_target(self) -> None:
-        if self._target is None:
-            connection = await self._connect()
-            self._target = await _keep_first(self._target, connection)
 
     async def _connect(self, *, busy_timeout: float | None = None) -> aiosqlite.Connection:
         module = _import_aiosqlite()
@@ -305,7 +300,6 @@ class SQLiteDriver(Driver):
             _check_database_path(self.path)
             await self._connect_all()
         main = self._require_main()
-        await self._connect_target()
         if self.path != MEMORY and self._user_connection is None:
             await self._enable_wal(main)
         if await self._schema_exists(main):
