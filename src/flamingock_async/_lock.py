@@ -109,7 +109,8 @@ class LockManager:
 
     `clock` is a monotonic clock in seconds and `sleep` an async sleep; tests pass fake
     ones. Every start imports this module for the lock records and settings, but only a run
-    with work builds a lock manager, so anyio and `random` are imported here on first use.
+    with work builds a lock manager, so what only the manager uses (anyio's `sleep` and
+    task status, `random`) is looked up on first use.
     """
 
     def __init__(

@@ -106,7 +106,7 @@ def test_mark_rolled_back_reapplies(workspace: Workspace) -> None:
     assert json.loads(resumed.stdout)["applied"] == ["notify-partners", "insert-kiwi"]
 
 
-def test_mark_applied_change_as_applied_exits_2(workspace: Workspace, basic: str) -> None:
+def test_mark_applied_as_applied_exits_2(workspace: Workspace, basic: str) -> None:
     workspace.invoke("run", "--store", workspace.store, "--changes", basic)
     before = snapshot(workspace.store_file)
 
@@ -120,7 +120,7 @@ def test_mark_applied_change_as_applied_exits_2(workspace: Workspace, basic: str
     assert snapshot(workspace.store_file) == before
 
 
-def test_mark_applied_change_rolled_back_warns(workspace: Workspace, basic: str) -> None:
+def test_mark_applied_rolled_back_warns(workspace: Workspace, basic: str) -> None:
     workspace.invoke("run", "--store", workspace.store, "--changes", basic)
 
     result = workspace.invoke(
@@ -132,7 +132,7 @@ def test_mark_applied_change_rolled_back_warns(workspace: Workspace, basic: str)
     assert "applies 'insert-pear' again" in result.stderr
 
 
-def test_mark_with_corrupt_history_writes_nothing(workspace: Workspace, basic: str) -> None:
+def test_mark_corrupt_history_writes_nothing(workspace: Workspace, basic: str) -> None:
     workspace.invoke("run", "--store", workspace.store, "--changes", basic)
     with closing(sqlite3.connect(workspace.store_file)) as store, store:
         store.execute(
@@ -150,7 +150,7 @@ def test_mark_with_corrupt_history_writes_nothing(workspace: Workspace, basic: s
     assert snapshot(workspace.store_file) == before
 
 
-def test_status_names_lock_holder_of_blocked(workspace: Workspace) -> None:
+def test_status_names_lock_holder(workspace: Workspace) -> None:
     package = blocked_store(workspace)
     with closing(sqlite3.connect(workspace.store_file)) as store, store:
         store.execute("UPDATE flamingock_lock SET owner = 'other-runner', host = 'pod-7', pid = 42")

@@ -262,7 +262,7 @@ def test_wrong_shape_cache_is_ignored(make_package: MakePackage, cache_dir: Path
     assert ids(load_pipeline(package, cache_dir=cache_dir)) == ["in-a", "in-b", "in-c"]
 
 
-def test_invalid_recovery_in_cache_is_ignored(make_package: MakePackage, cache_dir: Path) -> None:
+def test_cache_invalid_recovery_ignored(make_package: MakePackage, cache_dir: Path) -> None:
     package = three_changes(make_package)
     load_pipeline(package, cache_dir=cache_dir)
     [path] = list(cache_dir.iterdir())
