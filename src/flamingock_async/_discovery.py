@@ -43,7 +43,14 @@ from ._changes import (
     StagePlan,
 )
 from ._errors import PipelineValidationError
-from ._validation import check_methods, check_spec, check_stages, make_name, order_key
+from ._validation import (
+    check_methods,
+    check_spec,
+    check_stages,
+    has_valid_methods,
+    make_name,
+    order_key,
+)
 
 if TYPE_CHECKING:
     from ._pipeline_file import FileItem, FileStage
@@ -302,7 +309,8 @@ class _Collector:
         descriptor, problems = check_spec(
             spec, stage=stage, source=source, file=file, location=location
         )
-        problems += check_methods(cls, name=make_name(spec.id, location))
+        if not has_valid_methods(cls):
+            problems += check_methods(cls, name=make_name(spec.id, location))
         self.problems += problems
         if descriptor is not None:
             has_rollback = callable(getattr(cls, "rollback", None))

@@ -145,6 +145,8 @@ def resolve_arguments(
 def _parameters(function: Callable[..., Any]) -> tuple[_Parameter, ...]:
     """Return the injectable parameters of `function`, without `self` of a method."""
     target = getattr(function, "__func__", function)
+    if _takes_only_self(target, bound=target is not function):
+        return ()
     analysis = _analyses.get(target)
     if analysis is None:
         analysis = _analyse(target)
@@ -154,6 +156,16 @@ def _parameters(function: Callable[..., Any]) -> tuple[_Parameter, ...]:
     if analysis and (bound or analysis[0].name == "self"):
         return analysis[1:]
     return analysis
+
+
+def _takes_only_self(function: object, *, bound: bool) -> bool:
+    """Return True for a plain `def method(self)`, the usual change method, read cheaply."""
+    if type(function) is not types.FunctionType or function.__dict__:
+        return False  # a wrapper's `__wrapped__` or `__signature__` lives in its __dict__
+    code = function.__code__
+    return code.co_argcount + code.co_kwonlyargcount == 1 and (
+        bound or code.co_varnames[0] == "self"
+    )
 
 
 def _analyse(function: Callable[..., Any]) -> tuple[_Parameter, ...]:

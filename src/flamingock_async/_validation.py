@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import types
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ __all__ = [
     "order_key",
     "check_spec",
     "check_methods",
+    "has_valid_methods",
     "check_stages",
     "make_name",
 ]
@@ -29,7 +31,7 @@ ORDER_PATTERN = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 
 def order_key(order: str) -> tuple[int, ...]:
     """Return the sort key of a valid order: its dot-separated parts as numbers."""
-    return tuple(int(part) for part in order.split("."))
+    return tuple(map(int, order.split(".")))
 
 
 def check_spec(
@@ -47,6 +49,23 @@ def check_spec(
     the id or the order is invalid. With other problems it is still returned, so that
     duplicate ids and orders are reported in the same run, but it must not be loaded.
     """
+    if _is_valid(spec):
+        # The common case, checked without composing any message.
+        descriptor = ChangeDescriptor(
+            id=spec.id,
+            order=spec.order,
+            author=spec.author,
+            stage=stage,
+            transactional=spec.transactional,
+            recovery=spec.recovery,
+            run_always=spec.run_always,
+            source=source,
+            file=file,
+            description=spec.description,
+            template=template,
+        )
+        return descriptor, []
+
     change_id = spec.id if isinstance(spec.id, str) and ID_PATTERN.fullmatch(spec.id) else None
     name = make_name(spec.id, location)
 
@@ -84,6 +103,23 @@ def check_spec(
     return descriptor, problems
 
 
+def _is_valid(spec: ChangeUnitSpec) -> bool:
+    """Return True when `check_spec` would find no problem in `spec`."""
+    change_id, order, author = spec.id, spec.order, spec.author
+    return (
+        type(change_id) is str
+        and ID_PATTERN.fullmatch(change_id) is not None
+        and type(order) is str
+        and ORDER_PATTERN.fullmatch(order) is not None
+        and type(author) is str
+        and bool(author.strip())
+        and type(spec.transactional) is bool
+        and type(spec.run_always) is bool
+        and type(spec.description) is str
+        and isinstance(spec.recovery, Recovery)
+    )
+
+
 def check_methods(
     cls: type,
     *,
@@ -118,6 +154,28 @@ def check_methods(
                 problems += check_injectable(method, names=dependency_names, where=name)
 
     return problems
+
+
+def has_valid_methods(cls: type) -> bool:
+    """Return True when `check_methods(cls, ...)` without dependency names finds nothing.
+
+    It recognises the usual change class (plain `async def` methods, no `__init__`) without
+    `inspect`; False means only that the full check must run.
+    """
+    plain: Any = cls
+    rollback = getattr(cls, "rollback", None)
+    return (
+        _is_plain_coroutine_function(getattr(cls, "execute", None))
+        and (rollback is None or _is_plain_coroutine_function(rollback))
+        and plain.__init__ is object.__init__
+        and plain.__new__ is object.__new__
+    )
+
+
+def _is_plain_coroutine_function(function: object) -> bool:
+    return type(function) is types.FunctionType and bool(
+        function.__code__.co_flags & inspect.CO_COROUTINE
+    )
 
 
 def check_stages(stages: Sequence[StagePlan], *, origin: str) -> list[str]:
