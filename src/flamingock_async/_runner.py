@@ -296,9 +296,10 @@ class AsyncRunner:
         to_apply = plan.to_apply
         self.progress.pending = len(to_apply)
         executor.warn_if_not_atomic([p.change for p in to_apply])
-        for planned in to_apply:
-            await executor.apply(loaded[planned.change.id])
-            self.progress.pending -= 1
+        with executor.cancelled_by_lost_lock():
+            for planned in to_apply:
+                await executor.apply(loaded[planned.change.id])
+                self.progress.pending -= 1
         applied = tuple(planned.change.id for planned in to_apply)
         applied_ids = set(applied)
         skipped = tuple(p.change.id for p in plan.changes if p.change.id not in applied_ids)
@@ -414,8 +415,9 @@ class AsyncRunner:
             async with anyio.create_task_group() as tasks:
                 await tasks.start(executor.heartbeat)
                 try:
-                    for change in targets:
-                        await executor.undo(change)
+                    with executor.cancelled_by_lost_lock():
+                        for change in targets:
+                            await executor.undo(change)
                 finally:
                     tasks.cancel_scope.cancel()
             return [change.descriptor.id for change in targets]

@@ -348,12 +348,13 @@ async def test_lost_lock_cancels_running_change() -> None:
     with anyio.fail_after(3):
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(steal_lock)
-            with pytest.raises(LockLostError):
+            with pytest.raises(LockLostError) as raised:
                 await runner.run()
 
     assert calls.log == ["long started"]
     assert states(store, "long") == [AuditState.STARTED]
     assert store.locks["svc"].owner == "intruder"
+    assert raised.value.report.failed == "long"  # type: ignore[attr-defined]
 
 
 async def test_cancelled_run_audits_and_releases() -> None:

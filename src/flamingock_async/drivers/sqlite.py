@@ -26,6 +26,7 @@ tests but cannot be shared by several runners in different processes.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import json
@@ -92,14 +93,16 @@ _FLAGS = {0: False, 1: True}
 
 
 # One lock per connection serializes the transactions of every driver that shares it, since
-# statements of two tasks on one connection would otherwise mix into one transaction.
-_CONNECTION_LOCKS: weakref.WeakKeyDictionary[Any, anyio.Lock] = weakref.WeakKeyDictionary()
+# statements of two tasks on one connection would otherwise mix into one transaction. It is
+# asyncio's lock, as aiosqlite runs on asyncio only: taking it when free costs a quarter of
+# what anyio's does, and a transactional change takes it once.
+_CONNECTION_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
-def _transaction_lock(connection: aiosqlite.Connection) -> anyio.Lock:
+def _transaction_lock(connection: aiosqlite.Connection) -> asyncio.Lock:
     lock = _CONNECTION_LOCKS.get(connection)
     if lock is None:
-        lock = _CONNECTION_LOCKS[connection] = anyio.Lock(fast_acquire=True)
+        lock = _CONNECTION_LOCKS[connection] = asyncio.Lock()
     return lock
 
 
