@@ -198,9 +198,15 @@ class Driver(abc.ABC):
 
         failure: Exception | None = None
         try:
-            await self._call(self._run_in_transaction, fence, guarded_body, audit)
+            # Not through _call(), which would add a coroutine that each trip to the store
+            # resumes again.
+            await self._run_in_transaction(fence, guarded_body, audit)
         except ChangeBodyFailed as carrier:
             failure = carrier.error
+        except FlamingockError:
+            raise
+        except Exception as error:
+            raise self.translate_error(error) from error
         if failure is not None:
             raise failure
 

@@ -532,16 +532,11 @@ class SQLiteDriver(Driver):
         _check_fence(current, fence)
 
     async def _insert_fenced(
-        self,
-        connection: aiosqlite.Connection,
-        entry: AuditEntry,
-        fence: Fence,
-        *,
-        shield: bool = True,
+        self, connection: aiosqlite.Connection, entry: AuditEntry, fence: Fence
     ) -> bool:
         """Insert `entry` in one statement if the lock carries `fence`; return if it was."""
         values = [*_entry_values(entry), fence.key, fence.owner, fence.epoch]
-        return await self._write(connection, self._fenced_insert, values, shield=shield)
+        return await self._write(connection, self._fenced_insert, values)
 
     @functools.cached_property
     def _fenced_insert(self) -> str:
@@ -657,7 +652,11 @@ class SQLiteDriver(Driver):
     async def _finish_transaction(
         self, connection: aiosqlite.Connection, fence: Fence, entry: AuditEntry
     ) -> None:
-        if not await self._insert_fenced(connection, entry, fence, shield=False):
+        # The insert is awaited here directly, not through _write(): every extra coroutine
+        # between the runner and aiosqlite is resumed again on each trip to its thread.
+        values = [*_entry_values(entry), fence.key, fence.owner, fence.epoch]
+        inserted = await connection.execute(self._fenced_insert, values)
+        if inserted.rowcount < 1:
             current = await self._read_lock_in(connection, fence.key)
             _check_fence(current, fence)
         await connection.execute(_COMMIT)
@@ -732,35 +731,23 @@ class SQLiteDriver(Driver):
         return [tuple(row) for row in rows]
 
     async def _write(
-        self,
-        connection: aiosqlite.Connection,
-        statement: str,
-        parameters: Sequence[Any],
-        *,
-        shield: bool = True,
+        self, connection: aiosqlite.Connection, statement: str, parameters: Sequence[Any]
     ) -> bool:
         """Run one write statement; return whether it changed a row.
 
         aiosqlite finishes a statement on its thread even when the awaiting task is
         cancelled, so the wait is shielded: the caller always learns the outcome of a write
         that happened. Otherwise a heartbeat cancelled mid-renewal would leave the lock
-        manager with an old version, and its release would fail. A write inside a
-        transaction passes `shield=False`: a cancellation there rolls the transaction back
-        after the statement, so the write has no outcome to learn.
-        """
-        if not shield:
-            return await self._write_now(connection, statement, parameters)
-        with anyio.CancelScope(shield=True):
-            changed = await self._write_now(connection, statement, parameters)
-        return changed
+        manager with an old version, and its release would fail. The audit insert inside a
+        transaction is not written through here: a cancellation there rolls the transaction
+        back after the statement, so that write has no outcome to learn.
 
-    async def _write_now(
-        self, connection: aiosqlite.Connection, statement: str, parameters: Sequence[Any]
-    ) -> bool:
-        # One trip to aiosqlite's thread: execute() runs a write statement to completion, so
-        # the row count is known when it returns and the cursor keeps no open statement.
-        # Closing the cursor would cost a second trip.
-        cursor = await connection.execute(statement, parameters)
+        It is one trip to aiosqlite's thread: execute() runs a write statement to
+        completion, so the row count is known when it returns and the cursor keeps no open
+        statement. Closing the cursor would cost a second trip.
+        """
+        with anyio.CancelScope(shield=True):
+            cursor = await connection.execute(statement, parameters)
         return cursor.rowcount > 0
 
     def translate_error(self, error: Exception) -> FlamingockError:
