@@ -202,7 +202,7 @@ class ChangeExecutor:
         """Run the change, its APPLIED entry and the fence check in one store transaction."""
         descriptor = change.descriptor
         instance = change.new_instance()
-        context = self._context(descriptor)
+        context = self._context_for(instance.execute, descriptor)
         started_ms = now_ms()
 
         async def body(handle: Any) -> None:
@@ -211,7 +211,7 @@ class ChangeExecutor:
         def applied_entry() -> AuditEntry:
             return self._entry(
                 descriptor, AuditState.APPLIED, atomic=True, started_ms=started_ms,
-                metadata=context.metadata,
+                metadata=context.metadata if context else None,
             )  # fmt: skip
 
         try:
@@ -231,7 +231,7 @@ class ChangeExecutor:
         """Write STARTED, run the change, then APPLIED; on failure FAILED and the rollback."""
         descriptor = change.descriptor
         instance = change.new_instance()
-        context = self._context(descriptor)
+        context = self._context_for(instance.execute, descriptor)
         arguments = self._arguments(instance.execute, context, None)
         started_ms = now_ms()
         await self.append(descriptor, AuditState.STARTED, atomic=False, started_ms=started_ms)
@@ -245,14 +245,14 @@ class ChangeExecutor:
         self._raise_if_lost()
         await self.append(
             descriptor, AuditState.APPLIED, atomic=False, started_ms=started_ms,
-            metadata=context.metadata,
+            metadata=context.metadata if context else None,
         )  # fmt: skip
 
     async def _fail_and_roll_back(
         self,
         change: LoadedChange,
         instance: Any,
-        context: ChangeContext,
+        context: ChangeContext | None,
         error: Exception,
     ) -> None:
         """Audit the failure, run the rollback if any, audit it, and raise."""
@@ -267,12 +267,17 @@ class ChangeExecutor:
         ) from error
 
     async def _roll_back(
-        self, change: LoadedChange, instance: Any, context: ChangeContext
+        self, change: LoadedChange, instance: Any, context: ChangeContext | None
     ) -> Exception | None:
-        """Run and audit the rollback of a failed change; return its error, if any."""
+        """Run and audit the rollback of a failed change; return its error, if any.
+
+        `context` is the one `execute` received, so that the rollback sees its metadata.
+        """
         if not change.has_rollback:
             return None
         descriptor = change.descriptor
+        if context is None:
+            context = self._context_for(instance.rollback, descriptor)
         try:
             await instance.rollback(**self._arguments(instance.rollback, context, None))
         except Exception as rollback_error:
@@ -285,7 +290,7 @@ class ChangeExecutor:
         return None
 
     async def _audit_interrupted(
-        self, change: LoadedChange, instance: Any, context: ChangeContext, *, atomic: bool
+        self, change: LoadedChange, instance: Any, context: ChangeContext | None, *, atomic: bool
     ) -> None:
         """After an outside cancellation (shutdown), audit and roll back within the grace.
 
@@ -319,7 +324,7 @@ class ChangeExecutor:
         self._raise_if_lost()
         descriptor = change.descriptor
         instance = change.new_instance()
-        context = self._context(descriptor)
+        context = self._context_for(instance.rollback, descriptor)
         if descriptor.transactional and self.driver.supports_transactions:
 
             async def body(handle: Any) -> None:
@@ -399,6 +404,12 @@ class ChangeExecutor:
 
     # -- injection ---------------------------------------------------------------------------
 
+    def _context_for(
+        self, method: Callable[..., Any], descriptor: ChangeDescriptor
+    ) -> ChangeContext | None:
+        """Return a new context for a call of `method`, or None when it takes no argument."""
+        return self._context(descriptor) if takes_arguments(method) else None
+
     def _context(self, descriptor: ChangeDescriptor) -> ChangeContext:
         adapter = logging.LoggerAdapter(
             change_logger, {"execution_id": self.execution_id, "change_id": descriptor.id}
@@ -415,9 +426,10 @@ class ChangeExecutor:
         )
 
     def _arguments(
-        self, function: Callable[..., Any], context: ChangeContext, handle: Any
+        self, function: Callable[..., Any], context: ChangeContext | None, handle: Any
     ) -> dict[str, Any]:
-        if not takes_arguments(function):
+        """Return the arguments of `function`; `context` is None when it takes none."""
+        if context is None or not takes_arguments(function):
             return {}
         named: dict[str, object] = dict(self.driver.target_dependencies())
         named.update(self._named)

@@ -404,6 +404,26 @@ async def test_context_metadata_stored_on_applied_entry() -> None:
     assert applied.metadata == {"rows": 3}
 
 
+@change_unit(id="plain-execute", order="0001", author="platform", transactional=False)
+class RollbackWantsContext:
+    async def execute(self) -> None:
+        raise RuntimeError("quota exceeded")
+
+    async def rollback(self, context: ChangeContext, calls: Calls) -> None:
+        calls.log.append(f"rollback {context.change_id} of {context.execution_id}")
+
+
+async def test_rollback_gets_a_context_when_execute_takes_none() -> None:
+    store, calls = MemoryStore(), Calls()
+
+    with pytest.raises(ChangeExecutionError) as raised:
+        await runner_for(store, [RollbackWantsContext], calls).run()
+
+    execution_id = raised.value.report.execution_id  # type: ignore[attr-defined]
+    assert calls.log == [f"rollback plain-execute of {execution_id}"]
+    assert states(store, "plain-execute")[-1] is AuditState.ROLLED_BACK
+
+
 @change_unit(id="refresh", order="0009", author="platform", run_always=True)
 class Refresh:
     async def execute(self, calls: Calls) -> None:
