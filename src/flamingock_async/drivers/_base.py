@@ -172,7 +172,14 @@ class Driver(abc.ABC):
         `entry_id` is already stored is a no-op, so a retried write is never doubled.
         """
         self.stats.writes += 1
-        await self._call(self._append_audit, entry, fence)
+        try:
+            # Not through _call(), which would add a coroutine that the trip to the store
+            # resumes again; a run makes one or two appends per change.
+            await self._append_audit(entry, fence)
+        except FlamingockError:
+            raise
+        except Exception as error:
+            raise self.translate_error(error) from error
 
     async def run_in_transaction(
         self,

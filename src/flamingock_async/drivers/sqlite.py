@@ -523,20 +523,13 @@ class SQLiteDriver(Driver):
 
     async def _append_audit(self, entry: AuditEntry, fence: Fence) -> None:
         main = self._require_main()
-        if await self._insert_fenced(main, entry, fence):
+        if await self._write(main, self._fenced_insert, _fenced_values(entry, fence)):
             return
         # Nothing was inserted: either the fence failed or the entry is already stored.
         # An (owner, epoch) pair never comes back once lost, so the lock read now shows
         # which case applies.
         current = await self._read_lock(fence.key)
         _check_fence(current, fence)
-
-    async def _insert_fenced(
-        self, connection: aiosqlite.Connection, entry: AuditEntry, fence: Fence
-    ) -> bool:
-        """Insert `entry` in one statement if the lock carries `fence`; return if it was."""
-        values = [*_entry_values(entry), fence.key, fence.owner, fence.epoch]
-        return await self._write(connection, self._fenced_insert, values)
 
     @functools.cached_property
     def _fenced_insert(self) -> str:
@@ -654,8 +647,7 @@ class SQLiteDriver(Driver):
     ) -> None:
         # The insert is awaited here directly, not through _write(): every extra coroutine
         # between the runner and aiosqlite is resumed again on each trip to its thread.
-        values = [*_entry_values(entry), fence.key, fence.owner, fence.epoch]
-        inserted = await connection.execute(self._fenced_insert, values)
+        inserted = await connection.execute(self._fenced_insert, _fenced_values(entry, fence))
         if inserted.rowcount < 1:
             current = await self._read_lock_in(connection, fence.key)
             _check_fence(current, fence)
@@ -789,8 +781,9 @@ def _lock_values(record: LockRecord) -> tuple[Any, ...]:
     return tuple(getattr(record, column) for column in _LOCK_COLUMNS)
 
 
-def _entry_values(entry: AuditEntry) -> list[Any]:
-    values = list(_read_audit_columns(entry))
+def _fenced_values(entry: AuditEntry, fence: Fence) -> list[Any]:
+    """Return the parameters of the fenced insert: the entry's columns, then the fence."""
+    values = [*_read_audit_columns(entry), fence.key, fence.owner, fence.epoch]
     values[_STATE_COLUMN] = entry.state.value
     values[_TRANSACTIONAL_COLUMN] = int(entry.transactional)
     metadata = entry.metadata
