@@ -90,6 +90,7 @@ class ChangeExecutor:
         self._named, self._typed = _split_dependencies(dependencies)
         self._sequence = 0
         self._scope: anyio.CancelScope | None = None
+        self._audit_scope: anyio.CancelScope | None = None
         self._warned_not_atomic = False
 
     # -- validation --------------------------------------------------------------------------
@@ -163,14 +164,15 @@ class ChangeExecutor:
         One scope covers all the changes of a run: entering a cancel scope costs about as
         much as a trivial change's own Python work. A change cancelled this way gets no
         FAILED entry, because the store would reject any write without the lock; its
-        STARTED entry, if any, stays for the next run to decide on.
+        STARTED entry, if any, stays for the next run to decide on. A second scope inside
+        it is shielded while an audit entry is written (see `_store`).
         """
-        with anyio.CancelScope() as scope:
-            self._scope = scope
+        with anyio.CancelScope() as scope, anyio.CancelScope() as audit_scope:
+            self._scope, self._audit_scope = scope, audit_scope
             try:
                 yield
             finally:
-                self._scope = None
+                self._scope = self._audit_scope = None
         self._raise_if_lost()
 
     # -- applying ----------------------------------------------------------------------------
@@ -364,8 +366,29 @@ class ChangeExecutor:
             descriptor, state, atomic=atomic, started_ms=started_ms, error=error,
             metadata=metadata,
         )  # fmt: skip
-        await self.driver.append_audit(entry, self.lock.fence)
+        await self._store(entry)
         return entry
+
+    async def _store(self, entry: AuditEntry) -> None:
+        """Append `entry` shielded from cancellation, so that the run knows it was stored.
+
+        A cancelled write may still reach the store: a STARTED entry would then stand for
+        a change that never ran, and an APPLIED entry could land after the lock's release
+        and be refused by its fence. Shielded, the write ends first, and the cancellation
+        reaches the change's code or the next step. Within a run, the shield of a scope
+        entered once for the run is switched on and off, since entering a new shielded
+        scope for each entry cost as much as building the entry.
+        """
+        scope = self._audit_scope
+        if scope is None or scope.shield:
+            with anyio.CancelScope(shield=True):
+                await self.driver.append_audit(entry, self.lock.fence)
+            return
+        scope.shield = True
+        try:
+            await self.driver.append_audit(entry, self.lock.fence)
+        finally:
+            scope.shield = False
 
     def _entry(
         self,

@@ -6,10 +6,12 @@ import dataclasses
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from flamingock_async import (
     AsyncRunner,
+    AuditEntry,
     AuditState,
     ChangeContext,
     ChangeExecutionError,
@@ -25,6 +27,7 @@ from flamingock_async import (
     RunState,
     change_unit,
 )
+from flamingock_async._lock import Fence
 from flamingock_async.drivers.memory import MemoryDriver, MemoryStore, MemoryTransaction
 
 FAST_LOCK = LockSettings(key="svc", lease=0.6, wait_timeout=5.0, poll_interval=0.05)
@@ -368,6 +371,65 @@ async def test_cancelled_run_audits_and_releases() -> None:
     assert store.locks["svc"].is_free
     failed = next(e for e in store.audit if e.state is AuditState.FAILED)
     assert "cancelled by a shutdown" in (failed.error_message or "")
+
+
+class CancelledWhileAppending(MemoryDriver):
+    """Cancels `scope` while the entry of state `during` is written, before it is stored."""
+
+    def __init__(self, store: MemoryStore, during: AuditState, scope: anyio.CancelScope) -> None:
+        super().__init__(store)
+        self.during, self.scope = during, scope
+
+    async def _append_audit(self, entry: AuditEntry, fence: Fence) -> None:
+        if entry.state is self.during and not self.scope.cancel_called:
+            self.scope.cancel()
+            await anyio.lowlevel.checkpoint()  # a cancellation would stop the append here
+        await super()._append_audit(entry, fence)
+
+
+@change_unit(id="slow-import", order="0001", author="platform", transactional=False)
+class SlowImport:
+    async def execute(self, calls: Calls) -> None:
+        calls.log.append("import started")
+        await anyio.sleep(5)
+
+    async def rollback(self, calls: Calls) -> None:
+        calls.log.append("import rolled back")
+
+
+@change_unit(id="quick-import", order="0001", author="platform", transactional=False)
+class QuickImport:
+    async def execute(self, calls: Calls) -> None:
+        calls.log.append("import done")
+
+
+async def test_cancellation_during_started_entry_reaches_the_change() -> None:
+    store, calls = MemoryStore(), Calls()
+
+    with anyio.CancelScope() as scope:
+        driver = CancelledWhileAppending(store, AuditState.STARTED, scope)
+        await AsyncRunner(driver, [SlowImport], dependencies=[calls], lock=FAST_LOCK).run()
+
+    assert scope.cancelled_caught
+    assert states(store, "slow-import") == [
+        AuditState.STARTED,
+        AuditState.FAILED,
+        AuditState.ROLLED_BACK,
+    ]
+    assert calls.log == ["import started", "import rolled back"]
+    assert store.locks["svc"].is_free
+
+
+async def test_cancellation_during_applied_entry_lets_it_land() -> None:
+    store, calls = MemoryStore(), Calls()
+
+    with anyio.CancelScope() as scope:
+        driver = CancelledWhileAppending(store, AuditState.APPLIED, scope)
+        await AsyncRunner(driver, [QuickImport], dependencies=[calls], lock=FAST_LOCK).run()
+
+    assert states(store, "quick-import") == [AuditState.STARTED, AuditState.APPLIED]
+    assert calls.log == ["import done"]
+    assert store.locks["svc"].is_free
 
 
 @change_unit(id="needs-mailer", order="0001", author="platform")

@@ -169,7 +169,9 @@ class Driver(abc.ABC):
         """Append `entry` if the lock still carries the fence's owner and epoch.
 
         Raises `LockLostError` and writes nothing otherwise. Appending an entry whose
-        `entry_id` is already stored is a no-op, so a retried write is never doubled.
+        `entry_id` is already stored is a no-op, so a retried write is never doubled. A
+        cancelled append may still store the entry; a caller that must know whether it
+        did shields the call from cancellation, as the runner does.
         """
         self.stats.writes += 1
         try:

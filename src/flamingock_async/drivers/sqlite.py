@@ -522,8 +522,11 @@ class SQLiteDriver(Driver):
         return [self._entry_from_row(row) for row in rows]
 
     async def _append_audit(self, entry: AuditEntry, fence: Fence) -> None:
+        # Not shielded here: the runner shields its appends itself, more cheaply (see
+        # ChangeExecutor._store), and other drivers do not shield them either.
         main = self._require_main()
-        if await self._write(main, self._fenced_insert, _fenced_values(entry, fence)):
+        inserted = await main.execute(self._fenced_insert, _fenced_values(entry, fence))
+        if inserted.rowcount > 0:
             return
         # Nothing was inserted: either the fence failed or the entry is already stored.
         # An (owner, epoch) pair never comes back once lost, so the lock read now shows
@@ -730,9 +733,9 @@ class SQLiteDriver(Driver):
         aiosqlite finishes a statement on its thread even when the awaiting task is
         cancelled, so the wait is shielded: the caller always learns the outcome of a write
         that happened. Otherwise a heartbeat cancelled mid-renewal would leave the lock
-        manager with an old version, and its release would fail. The audit insert inside a
-        transaction is not written through here: a cancellation there rolls the transaction
-        back after the statement, so that write has no outcome to learn.
+        manager with an old version, and its release would fail. Audit inserts are not
+        written through here: inside a transaction a cancellation rolls the transaction
+        back after the statement, and the runner shields its other appends itself.
 
         It is one trip to aiosqlite's thread: execute() runs a write statement to
         completion, so the row count is known when it returns and the cursor keeps no open
