@@ -163,8 +163,8 @@ class ChangeExecutor:
 
         One scope covers all the changes of a run: entering a cancel scope costs about as
         much as a trivial change's own Python work. A change cancelled this way gets no
-        FAILED entry, because the store would reject any write without the lock; its
-        STARTED entry, if any, stays for the next run to decide on. A second scope inside
+        FAILED entry: the store would reject any write without the lock. Its STARTED entry,
+        if any, stays for the next run to decide on. A second scope inside
         it is shielded while an audit entry is written (see `_store`).
         """
         with anyio.CancelScope() as scope, anyio.CancelScope() as audit_scope:
@@ -273,7 +273,7 @@ class ChangeExecutor:
     ) -> Exception | None:
         """Run and audit the rollback of a failed change; return its error, if any.
 
-        `context` is the one `execute` received, so that the rollback sees its metadata.
+        `context` is the one `execute` received, so that the rollback can read its metadata.
         """
         if not change.has_rollback:
             return None
@@ -370,7 +370,7 @@ class ChangeExecutor:
         return entry
 
     async def _store(self, entry: AuditEntry) -> None:
-        """Append `entry` shielded from cancellation, so that the run knows it was stored.
+        """Append `entry` shielded from cancellation, so that its outcome is known before going on.
 
         A cancelled write may still reach the store: a STARTED entry would then stand for
         a change that never ran, and an APPLIED entry could land after the lock's release

@@ -403,7 +403,7 @@ class QuickImport:
         calls.log.append("import done")
 
 
-async def test_cancellation_during_started_entry_reaches_the_change() -> None:
+async def test_cancel_while_writing_started() -> None:
     store, calls = MemoryStore(), Calls()
 
     with anyio.CancelScope() as scope:
@@ -420,7 +420,7 @@ async def test_cancellation_during_started_entry_reaches_the_change() -> None:
     assert store.locks["svc"].is_free
 
 
-async def test_cancellation_during_applied_entry_lets_it_land() -> None:
+async def test_cancel_while_writing_applied() -> None:
     store, calls = MemoryStore(), Calls()
 
     with anyio.CancelScope() as scope:
@@ -475,7 +475,7 @@ class RollbackWantsContext:
         calls.log.append(f"rollback {context.change_id} of {context.execution_id}")
 
 
-async def test_rollback_gets_a_context_when_execute_takes_none() -> None:
+async def test_rollback_context_without_execute_arguments() -> None:
     store, calls = MemoryStore(), Calls()
 
     with pytest.raises(ChangeExecutionError) as raised:
