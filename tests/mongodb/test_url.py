@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
-from flamingock_async import ConfigurationError
+from flamingock_async import ConfigurationError, MissingDependencyError
 from flamingock_async.drivers import driver_from_url
 from flamingock_async.drivers.mongodb import MongoDriver, from_url
 
@@ -14,6 +16,14 @@ from .conftest import free_port, open_unreachable
 def test_database_from_path() -> None:
     driver = from_url("mongodb://db.example:27017/orders")
     assert driver.describe() == "MongoDB at db.example:27017/orders"
+
+
+def test_missing_pymongo_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pymongo", None)
+    with pytest.raises(MissingDependencyError) as caught:
+        driver_from_url("mongodb://localhost/orders?auditCollection=history")
+    assert caught.value.extra == "mongodb"
+    assert "flamingock-async[mongodb]" in str(caught.value)
 
 
 def test_driver_from_url_picks_mongodb() -> None:

@@ -38,7 +38,7 @@ from .._errors import (
     LockLostError,
     MissingDependencyError,
 )
-from .._lock import Fence, LockRecord
+from .._lock import Fence, LockRecord, holder_of
 from ._base import ChangeBodyFailed, Driver, TransactionBody
 from ._mongodb_url import DEFAULT_AUDIT_COLLECTION, DEFAULT_LOCK_COLLECTION
 
@@ -501,10 +501,9 @@ class MongoDriver(Driver):
 
     async def _lock_lost(self, fence: Fence) -> LockLostError:
         current = await self._read_lock(fence.key)
-        holder = current.describe() if current else "nobody"
         return LockLostError(
             f"Audit write rejected: the lock {fence.key!r} is no longer held at epoch "
-            f"{fence.epoch} by this runner; it is held by {holder}."
+            f"{fence.epoch} by this runner; {holder_of(current)}."
         )
 
     # -- transactions ------------------------------------------------------------------------
@@ -733,5 +732,6 @@ def from_url(url: str) -> MongoDriver:
     """
     from ._mongodb_url import parse_store_url
 
+    _import_pymongo()  # the URL's options are checked against PyMongo's own list
     driver_url, database, options = parse_store_url(url)
     return MongoDriver(driver_url, database, **options)
