@@ -63,7 +63,14 @@ class PipelineValidationError(FlamingockError):
 
 
 class ConfigurationError(FlamingockError, ValueError):
-    """A store URL, option or environment variable is invalid."""
+    """A store URL, option or environment variable is invalid, or so is a change id given.
+
+    `change_id` is the id an operator command was given, when that id is the problem.
+    """
+
+    def __init__(self, message: str, *, change_id: str | None = None) -> None:
+        super().__init__(message)
+        self.change_id = change_id
 
 
 class DriverError(FlamingockError):

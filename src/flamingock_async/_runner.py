@@ -395,7 +395,8 @@ class AsyncRunner:
             )
             raise ConfigurationError(
                 f"Change {change_id!r} is already {current.value}, so nothing was written; "
-                f"{next_step}."
+                f"{next_step}.",
+                change_id=change_id,
             )
 
     async def rollback(self, to: str) -> list[str]:
@@ -408,7 +409,8 @@ class AsyncRunner:
         pipeline = self.load_pipeline()
         if pipeline.get(to) is None:
             raise ConfigurationError(
-                f"Change {to!r} is not in the pipeline; run 'flamingock status' to list ids."
+                f"Change {to!r} is not in the pipeline; run 'flamingock status' to list ids.",
+                change_id=to,
             )
         async with self._using_driver(), self._holding_lock() as executor:
             targets = await self._rollback_targets(pipeline, to)
@@ -459,7 +461,8 @@ class AsyncRunner:
         if not history:
             raise ConfigurationError(
                 f"Change {change_id!r} is neither in the pipeline nor in the audit log; "
-                "run 'flamingock status' to list the known ids."
+                "run 'flamingock status' to list the known ids.",
+                change_id=change_id,
             )
         last = history[-1]
         return ChangeDescriptor(

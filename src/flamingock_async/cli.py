@@ -992,7 +992,11 @@ def rollback(ctx: click.Context, /, target: str, yes: bool, **options: Any) -> N
         except click.Abort:  # end of input or Ctrl-C at the prompt
             confirmed = False
         if not confirmed:
-            click.echo("Nothing was rolled back; pass --yes to skip this question.", err=True)
+            message = "Nothing was rolled back; pass --yes to skip this question."
+            if settings.json:
+                declined = {"type": "NotConfirmed", "message": message, "change_id": None}
+                _echo_json(settings, {"rolled_back": [], "error": {**declined, "exit_code": 1}})
+            click.echo(message, err=True)
             raise click.exceptions.Exit(1)
 
     async def work(driver: Driver) -> list[str]:
@@ -1048,45 +1052,101 @@ def wait(ctx: click.Context, /, timeout: float, interval: float, **options: Any)
     """Wait until every change of the pipeline is applied; for init containers.
 
     Reads the audit log every --interval seconds without taking the lock. A run_always
-    change counts as applied once it was applied at least once.
+    change counts as applied once it was applied at least once. Stops at once with exit
+    code 3 when a change needs manual intervention and no runner holds the lock, since
+    nothing will apply it until someone runs 'flamingock mark'.
     """
     settings = _settings(ctx, **options)
     settings.require_changes()
 
-    async def work(driver: Driver) -> tuple[list[str], float]:
+    async def work(driver: Driver) -> _Waited:
         return await _wait_until_applied(_runner(settings, driver), timeout, interval)
 
-    pending, waited = _execute(settings, lambda: _with_driver(settings, work))
-    if settings.json:
-        _echo_json(settings, {"done": not pending, "pending": pending, "waited": round(waited, 3)})
-    if not pending:
-        if not settings.json:
-            click.echo(f"All changes are applied (waited {waited:.1f} s).")
+    waited = _execute(settings, lambda: _with_driver(settings, work))
+    if not waited.pending:
+        if settings.json:
+            _echo_json(settings, waited.as_json())
+        else:
+            click.echo(f"All changes are applied (waited {waited.seconds:.1f} s).")
         return
-    shown = ", ".join(pending[:10]) + (" ..." if len(pending) > 10 else "")
-    click.echo(
-        f"Error: timed out after {timeout:g} s with {plural(len(pending), 'change')} "
+
+    code, error = _wait_failure(waited, timeout)
+    if settings.json:
+        message = error["message"]
+        sentence = {**error, "message": message[0].upper() + message[1:], "exit_code": code}
+        _echo_json(settings, {**waited.as_json(), "error": sentence})
+    click.echo(f"Error: {error['message']}", err=True)
+    raise click.exceptions.Exit(code)
+
+
+def _wait_failure(waited: _Waited, timeout: float) -> tuple[int, dict[str, Any]]:
+    """Return the exit code and the error (type, message, change id) of a failed wait."""
+    if waited.blocked:
+        change_id, state = waited.blocked[0]
+        message = (
+            f"change {change_id!r} was left {state} by an earlier run and no runner holds "
+            "the lock, so nothing will apply it: check the target system, then run "
+            f"'flamingock mark {change_id} --as applied' or '--as rolled-back'."
+        )
+        error = {"type": "ManualInterventionRequired", "message": message, "change_id": change_id}
+        return EXIT_MANUAL_INTERVENTION, error
+    shown = ", ".join(waited.pending[:10]) + (" ..." if len(waited.pending) > 10 else "")
+    message = (
+        f"timed out after {timeout:g} s with {plural(len(waited.pending), 'change')} "
         f"not applied: {shown}; check the runner with 'flamingock status' and "
-        "'flamingock lock show'.",
-        err=True,
+        "'flamingock lock show'."
     )
-    raise click.exceptions.Exit(EXIT_WAIT_TIMEOUT)
+    return EXIT_WAIT_TIMEOUT, {"type": "WaitTimedOut", "message": message, "change_id": None}
 
 
-async def _wait_until_applied(
-    runner: AsyncRunner, timeout: float, interval: float
-) -> tuple[list[str], float]:
-    """Poll the audit states until every change is applied; return what is still pending."""
+@dataclasses.dataclass
+class _Waited:
+    """The outcome of `wait`: changes not applied, those nothing will apply, time waited."""
+
+    pending: list[str]
+    blocked: list[tuple[str, str]]
+    seconds: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "done": not self.pending,
+            "pending": self.pending,
+            "blocked": [change_id for change_id, _ in self.blocked],
+            "waited": round(self.seconds, 3),
+        }
+
+
+async def _wait_until_applied(runner: AsyncRunner, timeout: float, interval: float) -> _Waited:
+    """Poll the audit states until every change is applied, one is blocked, or time is up."""
     pipeline = runner.load_pipeline()
     started = time.monotonic()
     while True:
         await runner.driver.open()  # a store created since the last poll is opened now
         latest = {entry.change_id: entry for entry in await runner.driver.read_states()}
         pending = list(_not_applied(pipeline, latest))
+        blocked = _blocked(pipeline, latest)
+        if blocked and not await _lock_is_free(runner):
+            blocked = []  # a STARTED entry under a held lock may be a run in progress
         waited = time.monotonic() - started
-        if not pending or waited >= timeout:
-            return pending, waited
+        if not pending or blocked or waited >= timeout:
+            return _Waited(pending, blocked, waited)
         await asyncio.sleep(min(interval, timeout - waited))
+
+
+def _blocked(pipeline: Any, latest: dict[str, Any]) -> list[tuple[str, str]]:
+    """Return (id, state) of each change that the next run would stop at."""
+    from ._state_table import Action, decide
+
+    return [
+        (change.id, latest[change.id].state.value)
+        for change in pipeline
+        if change.id in latest and decide(change, latest[change.id]) is Action.MANUAL_INTERVENTION
+    ]
+
+
+async def _lock_is_free(runner: AsyncRunner) -> bool:
+    record = await runner.driver.read_lock(runner.lock_settings.key)
+    return record is None or record.is_free
 
 
 def _not_applied(pipeline: Any, latest: dict[str, Any]) -> Iterator[str]:

@@ -184,6 +184,17 @@ def test_mark_unknown_id_exits_2(workspace: Workspace, basic: str) -> None:
     assert snapshot(workspace.store_file) == before
 
 
+def test_mark_unknown_id_json_names_it(workspace: Workspace, basic: str) -> None:
+    workspace.invoke("run", "--store", workspace.store, "--changes", basic)
+
+    result = workspace.invoke(
+        "mark", "no-such-change", "--as", "applied", "--json", "--store", workspace.store
+    )
+
+    assert result.exit_code == 2
+    assert json.loads(result.stdout)["error"]["change_id"] == "no-such-change"
+
+
 def test_mark_bad_state_exits_2(workspace: Workspace) -> None:
     result = workspace.invoke("mark", "x", "--as", "done", "--store", workspace.store)
 
@@ -245,6 +256,23 @@ def test_rollback_unanswered_changes_nothing(workspace: Workspace, basic: str) -
 
     assert result.exit_code == 1
     assert "Nothing was rolled back" in result.stderr
+    assert snapshot(workspace.store_file) == before
+
+
+def test_rollback_declined_json_error(workspace: Workspace, basic: str) -> None:
+    workspace.invoke("run", "--store", workspace.store, "--changes", basic)
+    before = snapshot(workspace.store_file)
+
+    result = workspace.invoke(
+        "rollback", "--to", "create-items", "--json", "--store", workspace.store,
+        "--changes", basic, input="n\n",
+    )  # fmt: skip
+
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["rolled_back"] == []
+    assert data["error"]["exit_code"] == 1
+    assert "Nothing was rolled back" in data["error"]["message"]
     assert snapshot(workspace.store_file) == before
 
 
@@ -351,6 +379,23 @@ def test_wait_json_shape(workspace: Workspace, basic: str) -> None:
     data = json.loads(result.stdout)
     assert data["done"] is False
     assert data["pending"] == ["create-items", "insert-apple", "insert-pear"]
+    assert data["error"]["type"] == "WaitTimedOut"
+    assert data["error"]["exit_code"] == 5
+
+
+def test_wait_stops_at_blocked_change(workspace: Workspace) -> None:
+    package = blocked_store(workspace)
+
+    result = workspace.invoke(
+        "wait", "--json", "--timeout", "60", "--store", workspace.store, "--changes", package
+    )
+
+    assert result.exit_code == 3
+    data = json.loads(result.stdout)
+    assert data["blocked"] == ["notify-partners"]
+    assert data["waited"] < 5
+    assert data["error"]["change_id"] == "notify-partners"
+    assert "flamingock mark notify-partners" in result.stderr
 
 
 def test_wait_counts_run_always_as_applied(workspace: Workspace) -> None:
