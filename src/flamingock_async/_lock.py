@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from .drivers._base import Driver
 
-__all__ = ["LockRecord", "Fence", "LockSettings", "LockManager"]
+__all__ = ["LockRecord", "Fence", "LockSettings", "LockManager", "holder_of"]
 
 logger = logging.getLogger("flamingock_async.lock")
 
@@ -68,6 +68,15 @@ class LockRecord:
     def from_dict(cls, data: dict[str, Any]) -> LockRecord:
         names = {field.name for field in dataclasses.fields(cls)}
         return cls(**{name: value for name, value in data.items() if name in names})
+
+
+def holder_of(record: LockRecord | None) -> str:
+    """Say who holds a lock, to end a sentence: "it is held by owner ...", "it is free ..."."""
+    if record is None:
+        return "no lock record exists"
+    if record.is_free:
+        return f"it is free (released after epoch {record.epoch})"
+    return f"it is held by {record.describe()}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -273,10 +282,9 @@ class LockManager:
         mine = self._require_record()
         current = await self.driver.read_lock(self.settings.key)
         if current is None or current.owner != self.owner or current.epoch != mine.epoch:
-            holder = current.describe() if current else "nobody"
             raise LockLostError(
                 f"The lock {self.settings.key!r} is no longer held by this runner "
-                f"(epoch {mine.epoch}); it is now held by {holder}."
+                f"(epoch {mine.epoch}); {holder_of(current)}."
             )
 
     async def heartbeat(

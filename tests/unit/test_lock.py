@@ -136,7 +136,7 @@ async def test_ensure_held_detects_force_release() -> None:
 
     assert replaced is not None
     assert replaced.owner == holder.owner
-    with pytest.raises(LockLostError):
+    with pytest.raises(LockLostError, match=r"it is free \(released after epoch 1\)"):
         await holder.ensure_held()
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from .._audit import AuditEntry, new_id, now_ms
 from .._changes import ChangeDescriptor
-from .._lock import LockRecord
+from .._lock import LockRecord, holder_of
 from .._planning import decide
 from ..drivers import Driver
 from ._models import (
@@ -278,5 +278,4 @@ async def release(driver: Driver, key: str, owner: str, epoch: int) -> None:
 
 
 def _not_held(key: str, owner: str, current: LockRecord | None) -> str:
-    holder = current.describe() if current is not None else "nobody"
-    return f"The lock {key!r} is not held by {owner!r}; it is held by {holder}."
+    return f"The lock {key!r} is not held by {owner!r}; {holder_of(current)}."

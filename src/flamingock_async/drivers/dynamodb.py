@@ -79,7 +79,7 @@ from .._errors import (
     MissingDependencyError,
     TransactionLimitError,
 )
-from .._lock import Fence, LockRecord
+from .._lock import Fence, LockRecord, holder_of
 from . import redact_url
 from ._base import Driver, TransactionBody
 from ._dynamodb_errors import (
@@ -785,13 +785,14 @@ class DynamoDriver(Driver):
 
     def _lock_lost(self, reason: Mapping[str, Any], fence: Fence) -> LockLostError:
         item = reason.get("Item")
-        holder = "nobody"
+        holder = holder_of(None)
         if item:
+            holder = "its stored record cannot be read"
             with contextlib.suppress(KeyError, TypeError, ValueError):
-                holder = _decode_lock(item).describe()
+                holder = holder_of(_decode_lock(item))
         return LockLostError(
             f"Audit write rejected: the lock {fence.key!r} is no longer held at epoch "
-            f"{fence.epoch} by this runner; it is held by {holder}."
+            f"{fence.epoch} by this runner; {holder}."
         )
 
     # -- errors --------------------------------------------------------------------------

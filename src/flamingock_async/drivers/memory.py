@@ -13,7 +13,7 @@ from typing import Any
 
 from .._audit import AuditEntry, latest_by_change
 from .._errors import LockLostError
-from .._lock import Fence, LockRecord
+from .._lock import Fence, LockRecord, holder_of
 from ._base import Driver, TransactionBody
 
 __all__ = ["MemoryStore", "MemoryTransaction", "MemoryDriver"]
@@ -106,8 +106,7 @@ class MemoryDriver(Driver):
     def _check_fence(self, fence: Fence) -> None:
         current = self.store.locks.get(fence.key)
         if current is None or current.owner != fence.owner or current.epoch != fence.epoch:
-            holder = current.describe() if current else "nobody"
             raise LockLostError(
                 f"Audit write rejected: the lock {fence.key!r} is no longer held at epoch "
-                f"{fence.epoch} by this runner; it is held by {holder}."
+                f"{fence.epoch} by this runner; {holder_of(current)}."
             )

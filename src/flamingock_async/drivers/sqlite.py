@@ -54,7 +54,7 @@ from .._errors import (
     LockLostError,
     MissingDependencyError,
 )
-from .._lock import Fence, LockRecord
+from .._lock import Fence, LockRecord, holder_of
 from ._base import ChangeBodyFailed, Driver, TransactionBody
 
 if TYPE_CHECKING:
@@ -843,10 +843,9 @@ def _expect(values: dict[str, Any], name: str, kind: type, *, optional: bool = F
 def _check_fence(current: LockRecord | None, fence: Fence) -> None:
     if current is not None and current.owner == fence.owner and current.epoch == fence.epoch:
         return
-    holder = current.describe() if current is not None else "nobody"
     raise LockLostError(
         f"Audit write rejected: the lock {fence.key!r} is no longer held at epoch "
-        f"{fence.epoch} by this runner; it is held by {holder}."
+        f"{fence.epoch} by this runner; {holder_of(current)}."
     )
 
 
