@@ -83,6 +83,7 @@ class ChangeExecutor:
         self.progress = progress
         self.shutdown_grace = shutdown_grace
         self.applied: list[str] = []
+        self.skipped: tuple[str, ...] = ()  # what the plan under the lock found done already
         self.failed_change: str | None = None
         self.lost_error: LockLostError | None = None
         self.lock_acquired = False

@@ -284,9 +284,10 @@ class AsyncRunner:
         pipeline: Pipeline,
         loaded: dict[str, LoadedChange],
     ) -> RunReport:
-        from ._planning import plan_run
+        from ._planning import Action, plan_run
 
         plan = plan_run(pipeline, await self.driver.read_states())
+        executor.skipped = tuple(p.change.id for p in plan.changes if p.action is Action.SKIP)
         plan.raise_if_blocked()
         missing = [p.change.id for p in plan.to_apply if p.change.id not in loaded]
         if missing:
@@ -301,9 +302,7 @@ class AsyncRunner:
                 await executor.apply(loaded[planned.change.id])
                 self.progress.pending -= 1
         applied = tuple(planned.change.id for planned in to_apply)
-        applied_ids = set(applied)
-        skipped = tuple(p.change.id for p in plan.changes if p.change.id not in applied_ids)
-        return RunReport(executor.execution_id, applied, skipped, lock_acquired=True)
+        return RunReport(executor.execution_id, applied, executor.skipped, lock_acquired=True)
 
     async def _release(self, executor: ChangeExecutor) -> None:
         """Release the lock, shielded from cancellation and bounded in time."""
@@ -339,9 +338,11 @@ class AsyncRunner:
         self.progress.pending = 0
         self._emit(EventKind.RUN_COMPLETED, report.execution_id, duration=report.duration)
         if report.applied:
+            count = len(report.applied)
             logger.info(
-                "Applied %d changes in %.3f s (execution %s)",
-                len(report.applied),
+                "Applied %d %s in %.3f s (execution %s)",
+                count,
+                "change" if count == 1 else "changes",
                 report.duration,
                 report.execution_id,
             )
@@ -354,6 +355,7 @@ class AsyncRunner:
             error.report = RunReport(  # type: ignore[attr-defined]
                 execution_id,
                 applied=tuple(executor.applied) if executor else (),
+                skipped=executor.skipped if executor else (),
                 failed=executor.failed_change if executor else None,
                 duration=time.monotonic() - started,
                 lock_acquired=executor.lock_acquired if executor else False,

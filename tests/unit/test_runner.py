@@ -155,6 +155,20 @@ async def test_failed_change_rolled_back_then_reapplied() -> None:
     ]
 
 
+async def test_failed_run_report_lists_skipped() -> None:
+    store, calls = MemoryStore(), Calls()
+    await runner_for(store, [CreateUsers], calls).run()
+    FailingWithRollback.attempts = 0
+
+    with pytest.raises(ChangeExecutionError) as raised:
+        await runner_for(store, [CreateUsers, FailingWithRollback], calls).run()
+
+    report = raised.value.report  # type: ignore[attr-defined]
+    assert report.skipped == ("create-users",)
+    assert report.failed == "bad-seed"
+    assert report.applied == ()
+
+
 @change_unit(id="broken", order="0001", author="platform", transactional=False)
 class RollbackAlsoFails:
     async def execute(self) -> None:
