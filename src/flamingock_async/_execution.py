@@ -93,6 +93,7 @@ class ChangeExecutor:
         self._scope: anyio.CancelScope | None = None
         self._audit_scope: anyio.CancelScope | None = None
         self._warned_not_atomic = False
+        self._warned_outside: set[str] = set()
 
     # -- validation --------------------------------------------------------------------------
 
@@ -463,7 +464,37 @@ class ChangeExecutor:
             for name in self.driver.transaction_handle_names:
                 named[name] = handle
             typed.insert(0, handle)
-        return resolve_arguments(function, named=named, typed=_unique(typed))
+        arguments = resolve_arguments(function, named=named, typed=_unique(typed))
+        if handle is not None:
+            self._warn_if_outside_transaction(context.change_id, arguments, handle)
+        return arguments
+
+    def _warn_if_outside_transaction(
+        self, change_id: str, arguments: Mapping[str, Any], handle: Any
+    ) -> None:
+        """Log once per change when a transactional change can only write around its transaction.
+
+        Receiving the store's own target (a client, a database, a second connection) and not
+        the transaction handle, its writes are not part of the transaction: after a crash
+        that follows them, the audit log shows nothing, and the next run applies it again.
+        """
+        if change_id in self._warned_outside or any(v is handle for v in arguments.values()):
+            return
+        targets = list(self.driver.target_dependencies().values())
+        outside = [name for name, value in arguments.items() if any(value is t for t in targets)]
+        if not outside:
+            return
+        self._warned_outside.add(change_id)
+        logger.warning(
+            "Change %s is transactional but receives %s and not its transaction handle (%s): "
+            "its writes through %s are not part of its transaction, so after a crash the next "
+            "run would apply it again; write through the handle, or declare it "
+            "transactional=False so that a STARTED entry guards it",
+            change_id,
+            ", ".join(outside),
+            ", ".join(self.driver.transaction_handle_names),
+            " and ".join(outside),
+        )
 
 
 def _split_dependencies(

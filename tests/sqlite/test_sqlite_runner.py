@@ -141,3 +141,25 @@ async def test_processes_apply_each_change_once(database: Path) -> None:
         states = await driver.read_states()
     assert all(entry.state is AuditState.APPLIED for entry in states)
     assert len(states) == CHANGE_COUNT
+
+
+@change_unit(id="second-connection", order="0001", author="tests")
+class WritesThroughDb:
+    async def execute(self, db: Any) -> None:
+        # A write would wait for the transaction's own write lock until busy_timeout.
+        await db.execute("SELECT 1")
+
+
+async def test_db_in_transactional_change_warned(
+    driver: SQLiteDriver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`db` is the autocommit connection, so its writes are outside the change's transaction."""
+    with caplog.at_level("WARNING", logger="flamingock_async"):
+        await AsyncRunner(driver, [WritesThroughDb], manifest_cache=False).run()
+
+    messages = [r.getMessage() for r in caplog.records if "transaction handle" in r.getMessage()]
+    assert len(messages) == 1
+    assert (
+        "receives db and not its transaction handle (connection, conn, transaction)"
+        in (messages[0])
+    )

@@ -500,6 +500,33 @@ async def test_rollback_context_without_execute_arguments() -> None:
     assert states(store, "plain-execute")[-1] is AuditState.ROLLED_BACK
 
 
+@change_unit(id="bypass", order="0001", author="platform")
+class WritesAroundTransaction:
+    async def execute(self, data: dict[str, Any]) -> None:
+        data["bypassed"] = True
+
+
+async def test_writes_around_transaction_warned(caplog: pytest.LogCaptureFixture) -> None:
+    store, calls = MemoryStore(), Calls()
+
+    with caplog.at_level("WARNING", logger="flamingock_async"):
+        await runner_for(store, [WritesAroundTransaction], calls).run()
+
+    warnings = [r.getMessage() for r in caplog.records if "transaction handle" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "Change bypass is transactional but receives data" in warnings[0]
+    assert "transactional=False" in warnings[0]
+
+
+async def test_transaction_handle_not_warned(caplog: pytest.LogCaptureFixture) -> None:
+    store, calls = MemoryStore(), Calls()
+
+    with caplog.at_level("WARNING", logger="flamingock_async"):
+        await runner_for(store, [CreateUsers], calls).run()
+
+    assert not [r for r in caplog.records if "transaction handle" in r.getMessage()]
+
+
 @change_unit(id="refresh", order="0009", author="platform", run_always=True)
 class Refresh:
     async def execute(self, calls: Calls) -> None:
