@@ -102,7 +102,9 @@ class ChangeDescriptor:
     @property
     def where(self) -> str:
         """Return where the change is declared, for messages."""
-        return f"{self.source} ({self.file})" if self.file else self.source
+        if self.file and self.template is None:  # a template change's source names its file
+            return f"{self.source} ({self.file})"
+        return self.source
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

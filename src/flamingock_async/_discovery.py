@@ -377,10 +377,17 @@ class _Collector:
         except ValidationError as error:
             for detail in error.errors():
                 field = ".".join(str(part) for part in detail["loc"]) or "(entry)"
-                self.problems.append(
-                    f"{name} has an invalid field {field!r} for the {template_name!r} template: "
-                    f"{detail['msg']}; fix it as that template expects."
-                )
+                if detail["type"] == "missing":
+                    problem = (
+                        f"{name} lacks the field {field!r}, which the {template_name!r} "
+                        "template requires; add it."
+                    )
+                else:
+                    problem = (
+                        f"{name} has an invalid field {field!r} for the {template_name!r} "
+                        f"template: {detail['msg']}; fix it as that template expects."
+                    )
+                self.problems.append(problem)
         except (ValueError, TypeError) as error:
             self.problems.append(
                 f"{name} is invalid for the {template_name!r} template: {error}; fix the entry."

@@ -129,9 +129,10 @@ class ChangeExecutor:
             return
         self._warned_not_atomic = True
         logger.warning(
-            "%d transactional changes will run without a transaction because %s has "
+            "%d transactional %s will run without a transaction because %s has "
             "transactions off; each gets a STARTED audit entry first: %s",
             len(names),
+            "change" if len(names) == 1 else "changes",
             self.driver.describe(),
             ", ".join(names),
         )

@@ -443,16 +443,9 @@ class AsyncRunner:
         states = {entry.change_id: entry for entry in await self.driver.read_states()}
         applied = [cid for cid in later if cid in states and states[cid].state.is_applied]
         loaded = pipeline.load(applied)
-        missing = [cid for cid in applied if not loaded[cid].has_rollback]
+        missing = [loaded[cid].descriptor for cid in applied if not loaded[cid].has_rollback]
         if missing:
-            raise PipelineValidationError(
-                [
-                    f"Change {cid!r} ({loaded[cid].descriptor.where}) has no rollback method, "
-                    f"so the pipeline cannot be rolled back past it; add "
-                    "'async def rollback(...)' or choose a later target."
-                    for cid in missing
-                ]
-            )
+            raise PipelineValidationError([_no_rollback(change) for change in missing])
         return [loaded[cid] for cid in reversed(applied)]
 
     async def _known_change(self, change_id: str) -> ChangeDescriptor:
@@ -480,3 +473,15 @@ class AsyncRunner:
 
     async def _max_epoch(self) -> int:
         return max_epoch(await self.driver.read_state_summaries())
+
+
+def _no_rollback(change: ChangeDescriptor) -> str:
+    """Say that `change` has nothing to undo it with, and how to give it something."""
+    if change.template is not None:
+        remedy = "add a 'rollback:' entry to it in the pipeline file"
+    else:
+        remedy = "add 'async def rollback(...)' to its class"
+    return (
+        f"Change {change.id!r} ({change.where}) has no rollback, so the pipeline cannot be "
+        f"rolled back past it; {remedy}, or choose a later target."
+    )

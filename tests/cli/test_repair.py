@@ -336,7 +336,7 @@ def test_rollback_without_method_exits_2(workspace: Workspace) -> None:
 
     assert result.exit_code == 2
     assert "'insert-lime'" in result.stderr
-    assert "no rollback method" in result.stderr
+    assert "has no rollback" in result.stderr
     assert _audit(before) == _audit(snapshot(workspace.store_file))
 
 

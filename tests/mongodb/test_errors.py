@@ -158,6 +158,7 @@ def test_unreachable_server_reported() -> None:
     assert error_type == "DriverUnavailableError"
     assert f"127.0.0.1:{port}" in message
     assert "0.3 s" in message
+    assert "raise serverSelectionTimeoutMS in the store URL" in message
 
 
 async def test_invalid_database_name(mongo_server: MongoServer) -> None:

@@ -16,6 +16,7 @@ from flamingock_async import (
     AuditState,
     ChangeExecutionError,
     LockSettings,
+    PipelineValidationError,
     change_unit,
 )
 from flamingock_async.drivers.sqlite import SQLiteDriver, from_url
@@ -163,3 +164,25 @@ async def test_db_in_transactional_change_warned(
         "receives db and not its transaction handle (connection, conn, transaction)"
         in (messages[0])
     )
+
+
+async def test_rollback_past_template_names_field(driver: SQLiteDriver, tmp_path: Path) -> None:
+    """A sql change without `rollback:` blocks a rollback, and the advice names that field."""
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(
+        "stages:\n"
+        "  - name: main\n"
+        "    changes:\n"
+        "      - {template: sql, id: make-t, order: '1', author: tests,\n"
+        "         apply: 'CREATE TABLE t (id INTEGER)', rollback: 'DROP TABLE t'}\n"
+        "      - {template: sql, id: fill-t, order: '2', author: tests,\n"
+        "         apply: 'INSERT INTO t VALUES (1)'}\n"
+    )
+    await AsyncRunner(driver, pipeline, manifest_cache=False).run()
+
+    with pytest.raises(PipelineValidationError) as raised:
+        await AsyncRunner(driver, pipeline, manifest_cache=False).rollback(to="make-t")
+
+    message = str(raised.value)
+    assert "add a 'rollback:' entry to it in the pipeline file" in message
+    assert f"({pipeline}#fill-t)" in message

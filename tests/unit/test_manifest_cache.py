@@ -576,7 +576,7 @@ def test_file_template_fields_validated(pipeline_file: FilePipeline, cache_dir: 
 
     message = str(caught.value)
     assert "invalid field 'aplly' for the 'sql' template" in message
-    assert "invalid field 'apply' for the 'sql' template" in message
+    assert "lacks the field 'apply', which the 'sql' template requires" in message
     assert f"{pipeline_file.path}, line" in message
 
 

@@ -494,7 +494,7 @@ def test_template_schema_error(tmp_path: Path) -> None:
 
     problems = problems_of(path)
 
-    assert any("invalid field 'apply'" in problem for problem in problems)
+    assert any("lacks the field 'apply', which the 'sql' template requires" in p for p in problems)
     assert any("invalid field 'aply'" in problem for problem in problems)
     assert all("'sql' template" in problem for problem in problems)
     assert all("line 5" in problem for problem in problems)

@@ -603,7 +603,8 @@ class MongoDriver(Driver):
             return DriverUnavailableError(
                 f"Could not reach {where} within the server selection timeout of "
                 f"{self._timeout:g} s ({_first_line(error)}); check the host, port and network, "
-                "or raise server_selection_timeout."
+                "or raise serverSelectionTimeoutMS in the store URL (server_selection_timeout "
+                "when you build MongoDriver yourself)."
             )
         if isinstance(error, TimeoutError):
             return DriverUnavailableError(
