@@ -25,7 +25,13 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ._audit import HOST, PID, new_id, now_ms
-from ._errors import DriverError, DriverUnavailableError, LockLostError, LockNotAcquiredError
+from ._errors import (
+    DriverAuthError,
+    DriverError,
+    DriverUnavailableError,
+    LockLostError,
+    LockNotAcquiredError,
+)
 
 if TYPE_CHECKING:
     import anyio.abc
@@ -298,7 +304,8 @@ class LockManager:
 
         A store error is retried until two thirds of the lease have passed since the last
         successful renewal. After that another runner may be about to take over, so the lock
-        is treated as lost while a margin of a third of the lease remains.
+        is treated as lost while a margin of a third of the lease remains. A rejected token or
+        credential (`DriverAuthError`) is not retried: the lock is treated as lost at once.
         """
         interval = self.settings.lease / 3
         if task_status is not None:
@@ -311,14 +318,8 @@ class LockManager:
                 on_lost(error)
                 return
             except DriverError as error:
-                since = self._clock() - self._renewed_at
-                if since >= self.settings.lease * 2 / 3:
-                    lost = LockLostError(
-                        f"Could not renew the lock {self.settings.key!r} for {since:.1f} s "
-                        f"of its {self.settings.lease:g} s lease: {error}"
-                    )
-                    lost.__cause__ = error
-                    self._record = None
+                lost = self._renewal_failed(error)
+                if lost is not None:
                     on_lost(lost)
                     return
                 logger.warning("Renewing lock %r failed, retrying: %s", self.settings.key, error)
@@ -327,6 +328,27 @@ class LockManager:
             interval = self.settings.lease / 3
             if on_renewed is not None:
                 on_renewed()
+
+    def _renewal_failed(self, error: DriverError) -> LockLostError | None:
+        """Return the `LockLostError` that ends the heartbeat after `error`, or None to retry."""
+        key = self.settings.key
+        if isinstance(error, DriverAuthError):
+            # The store rejects every retry the same way, so waiting only delays the report.
+            # NOTE: the DynamoDB driver also reports a failed credential fetch
+            # (CredentialRetrievalError), which may be transient, as DriverAuthError.
+            message = f"Could not renew the lock {key!r}, and retrying cannot help: {error}"
+        else:
+            since = self._clock() - self._renewed_at
+            if since < self.settings.lease * 2 / 3:
+                return None
+            message = (
+                f"Could not renew the lock {key!r} for {since:.1f} s of its "
+                f"{self.settings.lease:g} s lease: {error}"
+            )
+        lost = LockLostError(message)
+        lost.__cause__ = error
+        self._record = None
+        return lost
 
     # -- releasing ---------------------------------------------------------------------------
 

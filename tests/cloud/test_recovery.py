@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 
 import anyio
@@ -11,7 +12,9 @@ from flamingock_async import (
     AsyncRunner,
     AuditState,
     ChangeExecutionError,
+    DriverAuthError,
     EventKind,
+    LockLostError,
     LockNotAcquiredError,
     LockSettings,
     ManualInterventionRequiredError,
@@ -238,3 +241,42 @@ async def test_huge_error_still_audited(drivers: Callable[[], CloudDriver]) -> N
     assert failed[0].error_message.endswith("(shortened)")
     assert len(failed[0].error_message) <= 20_000
     assert history[-1].state is AuditState.ROLLED_BACK
+
+
+class TokenRevoker:
+    """A dependency, injected by type, that revokes the service's API token by the CLI."""
+
+    def __init__(self, cli: Callable[..., str], token_id: str) -> None:
+        self.cli = cli
+        self.token_id = token_id
+
+    async def revoke(self) -> None:
+        await anyio.to_thread.run_sync(self.cli, "token", "revoke", self.token_id)
+
+
+@change_unit(id="revokes-token", order="0001", author="tests", transactional=False)
+class RevokesItsToken:
+    async def execute(self, revoker: TokenRevoker) -> None:
+        await revoker.revoke()
+        await anyio.sleep(30)
+
+
+async def test_revoked_token_loses_lock_without_retries(
+    drivers: Callable[[], CloudDriver],
+    service: Service,
+    cli: Callable[..., str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The heartbeat reports the lock lost at the first renewal the backend rejects."""
+    lock = LockSettings(lease=6.0, wait_timeout=10.0, poll_interval=0.05)
+    revoker = TokenRevoker(cli, service.token_id)
+    run = AsyncRunner(
+        drivers(), [RevokesItsToken], dependencies=[revoker], manifest_cache=False, lock=lock
+    )
+
+    caplog.set_level(logging.WARNING, logger="flamingock_async.lock")
+    with pytest.raises(LockLostError, match="TOKEN_REVOKED") as raised:
+        await run.run()
+
+    assert isinstance(raised.value.__cause__, DriverAuthError)
+    assert "failed, retrying" not in caplog.text

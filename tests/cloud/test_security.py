@@ -157,8 +157,9 @@ async def test_driver_revoked_token_error(
 ) -> None:
     cli("token", "revoke", service.token_id)
     driver = cloud_driver(backend.url, service)
-    with pytest.raises(DriverAuthError, match="TOKEN_REVOKED"):
+    with pytest.raises(DriverAuthError, match="TOKEN_REVOKED") as raised:
         await driver.open()
+    assert "Set an active API token" in str(raised.value)
     await driver.aclose()
 
 

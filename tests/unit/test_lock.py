@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from flamingock_async import LockLostError, LockNotAcquiredError, LockSettings
-from flamingock_async._lock import LockManager, force_release
+from flamingock_async import (
+    DriverAuthError,
+    DriverUnavailableError,
+    LockLostError,
+    LockNotAcquiredError,
+    LockSettings,
+)
+from flamingock_async._lock import LockManager, LockRecord, force_release
 from flamingock_async.drivers.memory import MemoryDriver, MemoryStore
 
 
@@ -159,3 +165,58 @@ async def test_heartbeat_reports_loss_after_takeover() -> None:
 
     assert len(lost) == 1
     assert not holder.held
+
+
+class RejectingDriver(MemoryDriver):
+    """A memory driver whose lock writes fail with `error` once `rejecting` is set."""
+
+    def __init__(self, store: MemoryStore, error: Exception) -> None:
+        super().__init__(store)
+        self.error = error
+        self.rejecting = False
+        self.renewals = 0
+
+    async def _replace_lock(self, key: str, expected_version: int, record: LockRecord) -> bool:
+        if not self.rejecting:
+            return await super()._replace_lock(key, expected_version, record)
+        self.renewals += 1
+        raise self.error
+
+
+async def heartbeat_until_lost(driver: RejectingDriver, clock: FakeClock) -> list[LockLostError]:
+    holder = LockManager(driver, LockSettings(key="svc", lease=30), clock=clock, sleep=clock.sleep)
+    await holder.acquire()
+    driver.rejecting = True
+    lost: list[LockLostError] = []
+
+    await holder.heartbeat(lost.append)
+
+    assert not holder.held
+    return lost
+
+
+async def test_heartbeat_stops_at_first_auth_rejection() -> None:
+    clock = FakeClock()
+    rejection = DriverAuthError("PUT .../lock/svc was rejected (TOKEN_REVOKED): revoked.")
+    driver = RejectingDriver(MemoryStore(), rejection)
+
+    lost = await heartbeat_until_lost(driver, clock)
+
+    assert driver.renewals == 1
+    assert clock.now == 1000.0 + 10
+    assert len(lost) == 1
+    assert "TOKEN_REVOKED" in str(lost[0])
+    assert lost[0].__cause__ is rejection
+
+
+async def test_heartbeat_retries_unavailable_store() -> None:
+    clock = FakeClock()
+    outage = DriverUnavailableError("the store timed out")
+    driver = RejectingDriver(MemoryStore(), outage)
+
+    lost = await heartbeat_until_lost(driver, clock)
+
+    assert driver.renewals > 1
+    assert clock.now >= 1000.0 + 20  # two thirds of the lease after the last renewal
+    assert "the store timed out" in str(lost[0])
+    assert lost[0].__cause__ is outage

@@ -421,15 +421,20 @@ class CloudDriver(Driver):
             return LockLostError(error.message)
         if error.status in (401, 403):
             return DriverAuthError(
-                f"{where} was rejected ({error.code}): {error.message} Check the API token "
-                f"in {TOKEN_ENV} and that it was created for environment {self.environment!r} "
-                f"and service {self.service!r}."
+                f"{where} was rejected ({error.code}): {error.message} {self._auth_fix(error)}"
             )
         if error.retryable:
             return DriverUnavailableError(
                 f"{where} failed after {self.max_attempts} attempts ({error.code}): {error.message}"
             )
         return DriverError(f"{where} failed ({error.status} {error.code}): {error.message}")
+
+    def _auth_fix(self, error: _ApiError) -> str:
+        """Return the advice for a rejected token: which token to set, and where."""
+        scope = f"environment {self.environment!r} and service {self.service!r}"
+        if error.code == "TOKEN_REVOKED":
+            return f"Set an active API token for {scope} in {TOKEN_ENV}."
+        return f"Check the API token in {TOKEN_ENV} and that it was created for {scope}."
 
     def translate_error(self, error: Exception) -> FlamingockError:
         return DriverError(f"{self.describe()}: {type(error).__name__}: {error}")
