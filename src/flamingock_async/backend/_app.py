@@ -117,6 +117,7 @@ class _Backend:
         self._opening = anyio.Lock()
 
     async def start(self) -> None:
+        self.settings.create_data_dir()
         # Building a driver checks the store URL now rather than at the first request.
         driver_from_url(self.settings.store_url_for("startup_check"))
         await self.meta.open()

@@ -12,9 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from ..drivers import redact_url
 from ._meta import check_metadata_url
 
-__all__ = ["ServerSettings", "ENV_PREFIX"]
+__all__ = ["ServerSettings", "ENV_PREFIX", "TOKEN_TTL_RANGE", "MIN_BODY_BYTES"]
 
 ENV_PREFIX = "FLAMINGOCK_SERVER_"
+TOKEN_TTL_RANGE = (10, 86_400)
+"""Shortest and longest lifetime of a bearer token, in seconds."""
+MIN_BODY_BYTES = 1024
+"""Smallest accepted `max_body_bytes`."""
 
 
 class ServerSettings(BaseModel):
@@ -37,8 +41,8 @@ class ServerSettings(BaseModel):
     store_url: str | None = None
     metadata_url: str | None = None
     jwt_secret: SecretStr | None = None
-    token_ttl_seconds: int = Field(default=900, ge=10, le=86_400)
-    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    token_ttl_seconds: int = Field(default=900, ge=TOKEN_TTL_RANGE[0], le=TOKEN_TTL_RANGE[1])
+    max_body_bytes: int = Field(default=1_048_576, ge=MIN_BODY_BYTES)
     organization: str = "default"
     project: str = "default"
 
@@ -60,6 +64,11 @@ class ServerSettings(BaseModel):
             # A ValueError whose message shows the URL without its password.
             check_metadata_url(value)
         return value
+
+    def create_data_dir(self) -> None:
+        """Create `data_dir` when a default store is kept in it. Raises `OSError` if that fails."""
+        if self.store_url is None or self.metadata_url is None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
 
     @property
     def database_path(self) -> Path:

@@ -7,12 +7,14 @@
 
 Options also come from `FLAMINGOCK_SERVER_*` environment variables (`..._DATA_DIR`,
 `..._STORE_URL`, `..._METADATA_URL`, `..._HOST`, `..._PORT`, `..._TOKEN_TTL_SECONDS`,
-`..._MAX_BODY_BYTES`). The signing secret of bearer tokens comes only from
-`FLAMINGOCK_SERVER_JWT_SECRET`, never from the command line, where other users of the machine
-could read it. Without it, a secret is generated once and kept in the metadata store
-(`--metadata-url`, by default `backend.db` in the data directory), which backend processes on
-several machines must share. FastAPI and uvicorn are imported only by the server command, so
-the token commands work without the `server` extra.
+`..._MAX_BODY_BYTES`, `..._SSL_CERTFILE`, `..._SSL_KEYFILE`); a rejected value is reported
+with both its option and its variable. The data directory is created when missing. The
+signing secret of bearer tokens comes only from `FLAMINGOCK_SERVER_JWT_SECRET`, never from
+the command line, where other users of the machine could read it. Without it, a secret is
+generated once and kept in the metadata store (`--metadata-url`, by default `backend.db` in
+the data directory), which backend processes on several machines must share. FastAPI and
+uvicorn are imported only by the server command, so the token commands work without the
+`server` extra.
 """
 
 from __future__ import annotations
@@ -30,13 +32,15 @@ from pydantic import ValidationError
 
 from .._errors import FlamingockError
 from ._meta import MetadataStore, TokenInfo, metadata_store_from_url
-from ._settings import ServerSettings
+from ._settings import ENV_PREFIX, MIN_BODY_BYTES, TOKEN_TTL_RANGE, ServerSettings
 
 __all__ = ["serve"]
 
 T = TypeVar("T")
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+# Settings whose command-line option has a different name.
+_OPTION_OF_SETTING = {"token_ttl_seconds": "token_ttl"}
 
 
 def _settings(context: click.Context) -> ServerSettings:
@@ -60,19 +64,23 @@ def _with_store(settings: ServerSettings, action: Callable[[MetadataStore], Awai
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     envvar="FLAMINGOCK_SERVER_DATA_DIR",
+    show_envvar=True,
     default="flamingock-data",
     show_default=True,
-    help="Directory of the default metadata store backend.db and the default store audit.db.",
+    help="Directory of the default metadata store backend.db and the default store audit.db; "
+    "created if missing.",
 )
 @click.option(
     "--store-url",
     envvar="FLAMINGOCK_SERVER_STORE_URL",
+    show_envvar=True,
     default=None,
     help="Driver URL of the audit logs and locks; '{namespace}' in it is replaced per service.",
 )
 @click.option(
     "--metadata-url",
     envvar="FLAMINGOCK_SERVER_METADATA_URL",
+    show_envvar=True,
     default=None,
     help="Store of tokens, services and the signing secret: sqlite:///PATH, "
     "mongodb://HOST:PORT/DB or dynamodb://TABLE?region=R; default DATA_DIR/backend.db.",
@@ -80,6 +88,7 @@ def _with_store(settings: ServerSettings, action: Callable[[MetadataStore], Awai
 @click.option(
     "--host",
     envvar="FLAMINGOCK_SERVER_HOST",
+    show_envvar=True,
     default="127.0.0.1",
     show_default=True,
     help="Address to listen on.",
@@ -87,30 +96,34 @@ def _with_store(settings: ServerSettings, action: Callable[[MetadataStore], Awai
 @click.option(
     "--port",
     envvar="FLAMINGOCK_SERVER_PORT",
+    show_envvar=True,
     default=8080,
     show_default=True,
-    type=int,
+    type=click.IntRange(1, 65_535),
     help="TCP port to listen on.",
 )
 @click.option(
     "--token-ttl",
     envvar="FLAMINGOCK_SERVER_TOKEN_TTL_SECONDS",
+    show_envvar=True,
     default=900,
     show_default=True,
-    type=int,
+    type=click.IntRange(*TOKEN_TTL_RANGE),
     help="Lifetime of the bearer tokens issued by exchange-token, in seconds.",
 )
 @click.option(
     "--max-body-bytes",
     envvar="FLAMINGOCK_SERVER_MAX_BODY_BYTES",
+    show_envvar=True,
     default=1_048_576,
     show_default=True,
-    type=int,
+    type=click.IntRange(min=MIN_BODY_BYTES),
     help="Largest accepted request body, in bytes; larger ones get 413.",
 )
 @click.option(
     "--ssl-certfile",
     envvar="FLAMINGOCK_SERVER_SSL_CERTFILE",
+    show_envvar=True,
     type=click.Path(dir_okay=False, exists=True),
     default=None,
     help="PEM certificate chain; serve HTTPS instead of HTTP (with --ssl-keyfile).",
@@ -118,6 +131,7 @@ def _with_store(settings: ServerSettings, action: Callable[[MetadataStore], Awai
 @click.option(
     "--ssl-keyfile",
     envvar="FLAMINGOCK_SERVER_SSL_KEYFILE",
+    show_envvar=True,
     type=click.Path(dir_okay=False, exists=True),
     default=None,
     help="PEM private key of --ssl-certfile.",
@@ -153,21 +167,39 @@ def serve(
             max_body_bytes=max_body_bytes,
         )
     except ValidationError as error:
-        # Only locations and reasons: the rejected values may hold a password or a secret.
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}"
-            for problem in error.errors()
-        )
-        raise click.UsageError(f"Invalid server settings: {problems}") from None
+        raise _invalid_settings(context, error) from None
     if context.invoked_subcommand is not None:
         return
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise click.UsageError("--ssl-certfile and --ssl-keyfile must be given together.")
-    _run_server(context.obj, host, port, log_level, ssl_certfile, ssl_keyfile)
+    _run_server(context, host, port, log_level, ssl_certfile, ssl_keyfile)
+
+
+def _invalid_settings(context: click.Context, error: ValidationError) -> click.UsageError:
+    """Build one error that names the option or variable of each invalid setting and the reason."""
+    # Only names and reasons, because a rejected value may contain a password or a secret.
+    problems = "; ".join(
+        f"Invalid value for {_setting_hint(context, str(problem['loc'][0]))}: "
+        + problem["msg"].removeprefix("Value error, ")
+        for problem in error.errors()
+    )
+    return click.UsageError(f"{problems}.")
+
+
+def _setting_hint(context: click.Context, setting: str) -> str:
+    """Return how a user gives `setting`: its option and variable, or its variable alone."""
+    option = _option(context, _OPTION_OF_SETTING.get(setting, setting))
+    if option is None:
+        return f"'{ENV_PREFIX}{setting.upper()}'"
+    return option.get_error_hint(context)
+
+
+def _option(context: click.Context, name: str) -> click.Parameter | None:
+    return next((param for param in context.command.params if param.name == name), None)
 
 
 def _run_server(
-    settings: ServerSettings,
+    context: click.Context,
     host: str,
     port: int,
     log_level: str,
@@ -181,14 +213,11 @@ def _run_server(
             "The backend needs uvicorn and FastAPI; install them with: "
             "pip install 'flamingock-async[server]'"
         ) from error
-    from ..drivers import driver_from_url
     from . import create_app
 
-    try:
-        driver_from_url(settings.store_url_for("startup_check"))
-        metadata_store_from_url(settings.metadata_location)
-    except FlamingockError as error:
-        raise click.UsageError(str(error)) from None
+    settings = _settings(context)
+    _create_data_dir(context, settings)
+    _check_stores(context, settings)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -200,6 +229,40 @@ def _run_server(
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
     )
+
+
+def _create_data_dir(context: click.Context, settings: ServerSettings) -> None:
+    try:
+        settings.create_data_dir()
+    except OSError as error:
+        raise click.BadParameter(
+            f"the folder {str(settings.data_dir)!r} cannot be created ({error.strerror}). Give "
+            "a folder that this user can create or write to.",
+            ctx=context,
+            param=_option(context, "data_dir"),
+        ) from None
+
+
+def _check_stores(context: click.Context, settings: ServerSettings) -> None:
+    """Build both stores' clients once, so that a wrong URL stops the server before it listens."""
+    from ..drivers import driver_from_url
+
+    store_option = "store_url" if settings.store_url is not None else "data_dir"
+    _check_store(
+        context, store_option, lambda: driver_from_url(settings.store_url_for("startup_check"))
+    )
+    metadata_option = "metadata_url" if settings.metadata_url is not None else "data_dir"
+    _check_store(
+        context, metadata_option, lambda: metadata_store_from_url(settings.metadata_location)
+    )
+
+
+def _check_store(context: click.Context, option: str, build: Callable[[], object]) -> None:
+    """Call `build` and report a store URL that it rejects as an invalid value of `option`."""
+    try:
+        build()
+    except FlamingockError as error:
+        raise click.BadParameter(str(error), ctx=context, param=_option(context, option)) from None
 
 
 @serve.group()
