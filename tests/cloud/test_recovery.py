@@ -13,16 +13,12 @@ from flamingock_async import (
     AuditState,
     ChangeExecutionError,
     DriverAuthError,
-    EventKind,
     LockLostError,
-    LockNotAcquiredError,
     LockSettings,
     ManualInterventionRequiredError,
     PipelineValidationError,
     change_unit,
 )
-from flamingock_async._audit import AuditEntry, new_id, now_ms
-from flamingock_async._lock import LockManager
 from flamingock_async.drivers.cloud import CloudDriver
 
 from .conftest import Backend, Service, cloud_driver
@@ -174,52 +170,6 @@ async def test_duplicate_ids_touch_nothing(drivers: Callable[[], CloudDriver]) -
         await runner(driver, [AddIndex, DuplicateId], Calls()).run()
     assert driver.stats.round_trips == 0
     assert await drivers().read_lock("flamingock") is None
-
-
-async def test_giving_up_keeps_holder_lock(drivers: Callable[[], CloudDriver]) -> None:
-    """A runner that stops waiting for the lock leaves the holder's lock in place."""
-    holder = LockManager(drivers(), LockSettings(lease=30))
-    await holder.acquire()
-    impatient = LockSettings(lease=1.0, wait_timeout=0.3, poll_interval=0.05)
-    with pytest.raises(LockNotAcquiredError):
-        await runner(drivers(), [AddIndex], Calls(), lock=impatient).run()
-    stored = await drivers().read_lock("flamingock")
-    assert stored is not None
-    assert stored.owner == holder.owner
-    assert await holder.release() is True
-
-
-async def test_waiter_rereads_after_holder(drivers: Callable[[], CloudDriver]) -> None:
-    """A runner that saw a change pending and waited does not apply it once the holder did."""
-    holder_driver = drivers()
-    holder = LockManager(holder_driver, LockSettings(lease=30))
-    fence = await holder.acquire()
-    calls = Calls()
-    waiting = runner(drivers(), [AddIndex], calls)
-    planned_and_waiting = anyio.Event()
-    waiting.add_listener(
-        lambda event: planned_and_waiting.set() if event.kind is EventKind.LOCK_WAITING else None
-    )
-    async with anyio.create_task_group() as group:
-        group.start_soon(waiting.run)
-        with anyio.fail_after(10):
-            await planned_and_waiting.wait()
-        applied = AuditEntry(
-            entry_id=new_id(),
-            execution_id=new_id(),
-            stage="default",
-            change_id="add-index",
-            author="tests",
-            order="0001",
-            state=AuditState.APPLIED,
-            lock_epoch=fence.epoch,
-            sequence=1,
-            created_at_ms=now_ms(),
-        )
-        await holder_driver.append_audit(applied, fence)
-        await holder.release()
-    assert calls.log == []
-    assert await states(drivers(), "add-index") == [AuditState.APPLIED]
 
 
 @change_unit(id="verbose", order="0002", author="tests", transactional=False)

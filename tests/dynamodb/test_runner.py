@@ -20,6 +20,7 @@ from flamingock_async import (
     AuditState,
     ChangeExecutionError,
     LockSettings,
+    ManualInterventionRequiredError,
     change_unit,
 )
 from flamingock_async.drivers.dynamodb import DynamoDriver, DynamoTransaction
@@ -248,6 +249,42 @@ async def test_rolled_back_change_applied_next_run(endpoint: str) -> None:
         AuditState.STARTED,
         AuditState.APPLIED,
     ]
+
+
+@change_unit(id="import-plans", order="0001", author="tests", transactional=False)
+class BrokenRollback:
+    async def execute(self) -> None:
+        ATTEMPTS.append("execute")
+        raise RuntimeError("the import file is truncated")
+
+    async def rollback(self) -> None:
+        ATTEMPTS.append("rollback")
+        raise OSError("the backup is missing")
+
+
+async def test_failed_rollback_blocks_next_run(endpoint: str) -> None:
+    """The rollback's error is attached to the change's error, and the next run stops."""
+    ATTEMPTS.clear()
+    lock = LockSettings(lease=5.0, wait_timeout=10.0, poll_interval=0.05)
+    async with DynamoDriver(region=REGION, endpoint_url=endpoint) as driver:
+        with pytest.raises(ChangeExecutionError) as raised:
+            await AsyncRunner(driver, [BrokenRollback], lock=lock, manifest_cache=False).run()
+        history = await driver.read_history("import-plans")
+        with pytest.raises(ManualInterventionRequiredError, match="import-plans") as blocked:
+            await AsyncRunner(driver, [BrokenRollback], lock=lock, manifest_cache=False).run()
+
+    assert raised.value.change_id == "import-plans"
+    assert isinstance(raised.value.__cause__, RuntimeError)
+    assert "the import file is truncated" in str(raised.value)
+    assert isinstance(raised.value.rollback_error, OSError)
+    assert [entry.state for entry in history] == [
+        AuditState.STARTED,
+        AuditState.FAILED,
+        AuditState.ROLLBACK_FAILED,
+    ]
+    assert blocked.value.change_id == "import-plans"
+    assert blocked.value.state == "ROLLBACK_FAILED"
+    assert ATTEMPTS == ["execute", "rollback"]
 
 
 async def test_client_injected_by_type(endpoint: str) -> None:

@@ -11,8 +11,11 @@ import anyio.lowlevel
 import pytest
 
 from .._audit import AuditEntry, AuditState
-from .._errors import LockLostError
+from .._changes import change_unit
+from .._errors import LockLostError, LockNotAcquiredError
 from .._lock import Fence, LockManager, LockRecord, LockSettings
+from .._progress import EventKind, RunReport
+from .._runner import AsyncRunner
 from ..drivers._base import Driver
 from ._helpers import FakeClock, hold_lock, make_entry, released, take_over_lock
 
@@ -52,6 +55,29 @@ class DriverPool:
 
 class _Boom(Exception):
     """The error a change body raises in the transaction tests."""
+
+
+class _Calls:
+    """The ids of the changes that ran, injected into them by type."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+
+@change_unit(id="conformance-pending", order="0001", author="conformance", transactional=False)
+class _PendingChange:
+    ID = "conformance-pending"
+
+    async def execute(self, calls: _Calls) -> None:
+        calls.ran.append(self.ID)
+
+
+def _runner(driver: Driver, calls: _Calls, *, wait_timeout: float) -> AsyncRunner:
+    """Return a runner of the one pending change that waits `wait_timeout` for the lock."""
+    settings = LockSettings(key=KEY, lease=1.0, wait_timeout=wait_timeout, poll_interval=0.05)
+    return AsyncRunner(
+        driver, [_PendingChange], dependencies=[calls], lock=settings, manifest_cache=False
+    )
 
 
 def _lock_record(owner: str, *, epoch: int = 1, version: int = 1) -> LockRecord:
@@ -427,6 +453,54 @@ class DriverConformance:
         stored = await driver.read_lock(KEY)
         assert stored is not None
         assert stored.is_free
+
+    # -- a runner that meets a held lock -----------------------------------------------------
+
+    async def test_waiter_rereads_after_holder(self, drivers: DriverPool) -> None:
+        """A runner that found a change pending and waited skips it once the holder applied it."""
+        holder_driver = await drivers.new()
+        holder = LockManager(holder_driver, LockSettings(key=KEY, lease=30.0))
+        fence = await holder.acquire()
+        calls = _Calls()
+        waiter = _runner(await drivers.new(), calls, wait_timeout=5.0)
+        waiting = anyio.Event()
+        waiter.add_listener(
+            lambda event: waiting.set() if event.kind is EventKind.LOCK_WAITING else None
+        )
+        reports: list[RunReport] = []
+
+        async def run_waiter() -> None:
+            reports.append(await waiter.run())
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_waiter)
+            with anyio.fail_after(10):
+                await waiting.wait()
+            applied = make_entry(_PendingChange.ID, epoch=fence.epoch, sequence=1)
+            await holder_driver.append_audit(applied, fence)
+            await holder.release()
+
+        assert calls.ran == []
+        assert reports[0].lock_acquired is True  # it waited, then planned again under the lock
+        assert reports[0].applied == ()
+        assert reports[0].skipped == (_PendingChange.ID,)
+        history = await holder_driver.read_history(_PendingChange.ID)
+        assert [entry.state for entry in history] == [AuditState.APPLIED]
+
+    async def test_giving_up_keeps_holder_lock(self, drivers: DriverPool) -> None:
+        """A runner that stops waiting for the lock leaves the holder's lock as it was."""
+        driver = await drivers.new()
+        holder = LockManager(driver, LockSettings(key=KEY, lease=30.0))
+        fence = await holder.acquire()
+
+        with pytest.raises(LockNotAcquiredError):
+            await _runner(await drivers.new(), _Calls(), wait_timeout=0.3).run()
+
+        stored = await driver.read_lock(KEY)
+        assert stored is not None
+        assert stored.owner == holder.owner
+        assert stored.epoch == fence.epoch
+        assert await holder.release() is True
 
     async def test_epoch_increases_across_acquisitions(self, drivers: DriverPool) -> None:
         first = self._manager(await drivers.new(), "runner-a", FakeClock())
