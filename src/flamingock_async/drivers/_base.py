@@ -70,6 +70,7 @@ class Driver(abc.ABC):
 
     def __init__(self) -> None:
         self.stats = DriverStats()
+        self._translated = _TranslatedErrors(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -174,14 +175,10 @@ class Driver(abc.ABC):
         did shields the call from cancellation, as the runner does.
         """
         self.stats.writes += 1
-        try:
-            # Not through _call(), which would add a coroutine that the trip to the store
-            # resumes again; a run makes one or two appends per change.
+        # Not through _call(), which would add a coroutine that the trip to the store resumes
+        # again. A run makes one or two appends per change.
+        with self._translated:
             await self._append_audit(entry, fence)
-        except FlamingockError:
-            raise
-        except Exception as error:
-            raise self.translate_error(error) from error
 
     async def run_in_transaction(
         self,
@@ -209,13 +206,10 @@ class Driver(abc.ABC):
         try:
             # Not through _call(), which would add a coroutine that each trip to the store
             # resumes again.
-            await self._run_in_transaction(fence, guarded_body, audit)
+            with self._translated:
+                await self._run_in_transaction(fence, guarded_body, audit)
         except ChangeBodyFailed as carrier:
             failure = carrier.error
-        except FlamingockError:
-            raise
-        except Exception as error:
-            raise self.translate_error(error) from error
         if failure is not None:
             raise failure
 
@@ -267,9 +261,33 @@ class Driver(abc.ABC):
         return DriverError(f"{self.describe()}: {type(error).__name__}: {error}")
 
     async def _call(self, operation: Callable[..., Awaitable[T]], *args: Any) -> T:
-        try:
+        with self._translated:
             return await operation(*args)
-        except (FlamingockError, ChangeBodyFailed):
-            raise
-        except Exception as error:
-            raise self.translate_error(error) from error
+
+
+class _TranslatedErrors:
+    """Context that raises a native store error again as the driver's `translate_error()`.
+
+    Errors of flamingock-async and a failed change body pass through unchanged. It keeps no
+    state, so one instance per driver serves every operation, nested or concurrent.
+    """
+
+    __slots__ = ("_driver",)
+
+    def __init__(self, driver: Driver) -> None:
+        self._driver = driver
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if not isinstance(error, Exception) or isinstance(
+            error, (FlamingockError, ChangeBodyFailed)
+        ):
+            return
+        raise self._driver.translate_error(error) from error
