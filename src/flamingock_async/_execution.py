@@ -377,7 +377,7 @@ class ChangeExecutor:
 
         A cancelled write may still reach the store: a STARTED entry would then stand for
         a change that never ran, and an APPLIED entry could land after the lock's release
-        and be refused by its fence. Shielded, the write ends first, and the cancellation
+        and be rejected by its fence. Shielded, the write ends first, and the cancellation
         reaches the change's code or the next step. Within a run, the shield of a scope
         entered once for the run is switched on and off, since entering a new shielded
         scope for each entry cost as much as building the entry.
@@ -475,9 +475,10 @@ class ChangeExecutor:
     ) -> None:
         """Log once per change when a transactional change can only write around its transaction.
 
-        Receiving the store's own target (a client, a database, a second connection) and not
-        the transaction handle, its writes are not part of the transaction: after a crash
-        that follows them, the audit log shows nothing, and the next run applies it again.
+        Such a change receives the store's own target (a client, a database, a second
+        connection) and not the transaction handle, so its writes are not part of the
+        transaction. After a crash that follows them the audit log shows nothing, and the
+        next run applies the change again.
         """
         if change_id in self._warned_outside or any(v is handle for v in arguments.values()):
             return

@@ -1090,10 +1090,10 @@ def _wait_failure(waited: _Waited, timeout: float) -> tuple[int, dict[str, Any]]
         )
         error = {"type": "ManualInterventionRequired", "message": message, "change_id": change_id}
         return EXIT_MANUAL_INTERVENTION, error
-    shown = ", ".join(waited.pending[:10]) + (" ..." if len(waited.pending) > 10 else "")
+    listed = ", ".join(waited.pending[:10]) + (" ..." if len(waited.pending) > 10 else "")
     message = (
         f"timed out after {timeout:g} s with {plural(len(waited.pending), 'change')} "
-        f"not applied: {shown}; check the runner with 'flamingock status' and "
+        f"not applied: {listed}; check the runner with 'flamingock status' and "
         "'flamingock lock show'."
     )
     return EXIT_WAIT_TIMEOUT, {"type": "WaitTimedOut", "message": message, "change_id": None}
